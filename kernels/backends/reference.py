@@ -1,0 +1,28 @@
+"""Reference backend: dequantize the whole weight, then ``torch.nn.functional.linear``.
+
+Runs on any device (CPU included). It is the oracle every fast backend is tested
+against, and the fallback for shapes or devices no fast backend handles.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..nvfp4 import nvfp4_dequantize
+from . import register_backend
+
+
+def reference_fp4_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    alpha: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """``F.linear(x, dequantize(weight) in x.dtype, bias)``."""
+    w = nvfp4_dequantize(weight, weight_scale, alpha, dtype=x.dtype)
+    return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+
+
+register_backend("reference", reference_fp4_linear)

@@ -1,0 +1,124 @@
+"""``FP4Linear``: a linear layer whose weight stays NVFP4 in memory.
+
+Buffers (the state_dict keys, named as in ModelOpt/ComfyUI files):
+
+* ``weight``: uint8 ``[N, K/2]``, E2M1 codes, even-k element in the low nibble;
+* ``weight_scale``: float8_e4m3fn ``[N, K/16]``, linear layout;
+* ``weight_scale_2``: float32, 0-d or ``[N]``: the global scale, called alpha by the op;
+* ``bias``: ``[N]`` in the compute dtype, or absent.
+
+``.to(device)`` / ``.cuda()`` move all of them together. ``.to(dtype)`` casts only the
+bias: packed codes, e4m3 scales and the float32 global scale keep their dtypes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .fp4_linear_op import fp4_linear
+from .nvfp4 import BLOCK_SIZE, nvfp4_dequantize, nvfp4_quantize
+
+_QUANT_BUFFERS = ("weight", "weight_scale", "weight_scale_2")
+
+
+class FP4Linear(nn.Module):
+    """``y = x @ W^T + b`` with ``W`` stored as NVFP4 (see module docstring for layouts)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.bfloat16,
+        backend: str = "reference",
+    ) -> None:
+        super().__init__()
+        if in_features % BLOCK_SIZE:
+            raise ValueError(f"in_features = {in_features} is not a multiple of {BLOCK_SIZE}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.backend = backend
+        self.register_buffer("weight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8, device=device))
+        self.register_buffer(
+            "weight_scale",
+            torch.ones(out_features, in_features // BLOCK_SIZE, device=device).to(torch.float8_e4m3fn),
+        )
+        self.register_buffer("weight_scale_2", torch.ones((), dtype=torch.float32, device=device))
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device))
+        else:
+            self.bias = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, backend: str = "reference") -> FP4Linear:
+        """Quantize a dense ``nn.Linear`` with ModelOpt's weight math."""
+        packed, block_scale, global_scale = nvfp4_quantize(linear.weight.detach())
+        return cls.from_quantized(
+            packed,
+            block_scale,
+            global_scale,
+            None if linear.bias is None else linear.bias.detach(),
+            backend=backend,
+        )
+
+    @classmethod
+    def from_quantized(
+        cls,
+        weight: torch.Tensor,
+        weight_scale: torch.Tensor,
+        weight_scale_2: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        *,
+        backend: str = "reference",
+    ) -> FP4Linear:
+        """Wrap already-quantized tensors (layouts as in the module docstring)."""
+        n, half_k = weight.shape
+        module = cls(half_k * 2, n, bias is not None, device="meta", backend=backend)
+        module.weight = weight
+        module.weight_scale = weight_scale
+        module.weight_scale_2 = weight_scale_2.to(torch.float32)
+        if bias is not None:
+            module.bias = bias
+        module._check_shapes()
+        return module
+
+    def _check_shapes(self) -> None:
+        n, k = self.out_features, self.in_features
+        expected = {
+            "weight": ((n, k // 2), torch.uint8),
+            "weight_scale": ((n, k // BLOCK_SIZE), torch.float8_e4m3fn),
+        }
+        for name, (shape, dtype) in expected.items():
+            t = getattr(self, name)
+            if tuple(t.shape) != shape or t.dtype != dtype:
+                raise ValueError(f"{name}: expected {dtype} {shape}, got {t.dtype} {tuple(t.shape)}")
+        if self.weight_scale_2.ndim not in (0, 1) or self.weight_scale_2.numel() not in (1, n):
+            raise ValueError(f"weight_scale_2 must be 0-d or [{n}], got {tuple(self.weight_scale_2.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fp4_linear(x, self.weight, self.weight_scale, self.weight_scale_2, self.bias, self.backend)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        """The dense ``[N, K]`` weight this module computes with."""
+        return nvfp4_dequantize(self.weight, self.weight_scale, self.weight_scale_2, dtype=dtype)
+
+    def _apply(self, fn, recurse: bool = True):
+        # Let nn.Module move the bias like any float tensor; move the quantized buffers
+        # to the same device without changing their dtypes.
+        saved = {name: self._buffers.pop(name) for name in _QUANT_BUFFERS}
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for name, t in saved.items():
+                target = fn(torch.empty(0, dtype=t.dtype, device=t.device)).device
+                self._buffers[name] = t if t.device == target else t.to(target)
+        return self
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, backend={self.backend!r}"
+        )

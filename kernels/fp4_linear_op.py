@@ -1,0 +1,75 @@
+"""The one custom op every FP4 linear goes through: ``torch.ops.nvfp4_flux.fp4_linear``.
+
+Defined with ``torch.library.custom_op`` plus a fake (meta) implementation, so
+``torch.compile`` traces FP4 models with no graph break: Dynamo sees one opaque
+node per linear and Inductor fuses the element-wise work around it.
+
+Signature::
+
+    fp4_linear(x, weight, weight_scale, alpha, bias, backend) -> y
+
+with the tensor contract stated in :mod:`kernels.backends`; ``backend`` is a name
+registered there. The op is registered once per process even if this file is
+imported under two module names (as ``kernels`` by tools and tests and as a
+submodule of the pack inside ComfyUI).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import backends
+from .backends import reference as _reference  # noqa: F401  (registers "reference")
+
+OP_NAMESPACE = "nvfp4_flux"
+OP_NAME = "fp4_linear"
+_QUALNAME = f"{OP_NAMESPACE}::{OP_NAME}"
+
+
+def _fp4_linear_impl(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    alpha: torch.Tensor,
+    bias: torch.Tensor | None,
+    backend: str,
+) -> torch.Tensor:
+    return backends.get_backend(backend)(x, weight, weight_scale, alpha, bias)
+
+
+def _fp4_linear_fake(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    alpha: torch.Tensor,
+    bias: torch.Tensor | None,
+    backend: str,
+) -> torch.Tensor:
+    torch._check(weight.dtype == torch.uint8, lambda: f"packed weight must be uint8, got {weight.dtype}")
+    torch._check(
+        x.shape[-1] == weight.shape[1] * 2,
+        lambda: f"x has K={x.shape[-1]}, packed weight {tuple(weight.shape)} needs K={weight.shape[1] * 2}",
+    )
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def _register() -> None:
+    if hasattr(torch.ops, OP_NAMESPACE) and hasattr(getattr(torch.ops, OP_NAMESPACE), OP_NAME):
+        return  # already registered by another import of this file
+    op = torch.library.custom_op(_QUALNAME, mutates_args=())(_fp4_linear_impl)
+    op.register_fake(_fp4_linear_fake)
+
+
+_register()
+
+
+def fp4_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    alpha: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    backend: str = "reference",
+) -> torch.Tensor:
+    """``y = x @ dequant(weight)^T + bias`` through the registered op (see module docstring)."""
+    return getattr(getattr(torch.ops, OP_NAMESPACE), OP_NAME)(x, weight, weight_scale, alpha, bias, backend)
