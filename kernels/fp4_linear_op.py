@@ -20,6 +20,11 @@ import torch
 
 from . import backends
 from .backends import reference as _reference  # noqa: F401  (registers "reference")
+from .triton_support import HAS_TRITON
+
+if HAS_TRITON:  # registers "w4a16", "w4a8", "fp8_resident"
+    from .backends import w4a8 as _w4a8  # noqa: F401
+    from .backends import w4a16 as _w4a16  # noqa: F401
 
 OP_NAMESPACE = "nvfp4_flux"
 OP_NAME = "fp4_linear"
@@ -45,10 +50,13 @@ def _fp4_linear_fake(
     bias: torch.Tensor | None,
     backend: str,
 ) -> torch.Tensor:
-    torch._check(weight.dtype == torch.uint8, lambda: f"packed weight must be uint8, got {weight.dtype}")
+    # uint8: packed NVFP4 [N, K/2]; float8_e4m3fn: the fp8_resident backend's decoded [N, K]
+    per_byte = 2 if weight.dtype == torch.uint8 else 1
     torch._check(
-        x.shape[-1] == weight.shape[1] * 2,
-        lambda: f"x has K={x.shape[-1]}, packed weight {tuple(weight.shape)} needs K={weight.shape[1] * 2}",
+        x.shape[-1] == weight.shape[1] * per_byte,
+        lambda: (
+            f"x has K={x.shape[-1]}, weight {weight.dtype} {tuple(weight.shape)} needs K={weight.shape[1] * per_byte}"
+        ),
     )
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 

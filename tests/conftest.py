@@ -1,4 +1,5 @@
-"""Shared fixtures."""
+"""Shared fixtures. Without a GPU, Triton kernels run under Triton's interpreter on the CPU
+(``TRITON_INTERPRET=1`` must be set before any kernel is defined, so it is set here)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,15 @@ import os
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    try:
+        import triton_interpreter_fixes
+    except ImportError:  # no Triton: the Triton backends' tests skip
+        pass
+    else:
+        triton_interpreter_fixes.install()
 
 
 @pytest.fixture

@@ -1,0 +1,110 @@
+"""NVFP4 -> FP8 E4M3 weight decode (Triton), shared by the W4A8 and fp8-resident backends.
+
+Output ``w8[N, K]`` (e4m3, row-major) and ``col_scale[N]`` (float32) with
+``W[n, k] ~= float(w8[n, k]) * col_scale[n]``.
+
+A decoded value ``e2m1 * block_scale`` reaches ``6 * 448 = 2688``, beyond e4m3's 448, and
+small block scales fall into e4m3's subnormals. Each output row therefore gets a
+power-of-two shift ``2**-e[n]`` with ``e[n] = ceil(log2(6 * max_b block_scale[n, b] / 448))``
+(computed exactly from the float bits), so the row's largest value lands in
+``(224, 448]``; ``col_scale[n] = alpha[n] * 2**e[n]`` undoes it in the GEMM epilogue.
+The one rounding is ``e2m1 * scale * 2**-e`` to e4m3 (nearest even): the product has up to 5
+significant bits and e4m3 keeps 4, so an element moves by at most 1/21 of its value (a mantissa
+of 1.3125 is a tie and goes to 1.25); about half the products are exact.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .fp4_decode_tl import decode_fp4_tile, e4m3_to_f32
+
+
+@triton.jit
+def _row_shift(smax):
+    """Exact ``e = ceil(log2(smax * 6 / 448))`` for positive normal float32 input -> (2**-e, 2**e)."""
+    r = smax * (6.0 / 448.0)
+    bits = r.to(tl.int32, bitcast=True)
+    e = ((bits >> 23) & 0xFF) - 127 + tl.where((bits & 0x7FFFFF) != 0, 1, 0)
+    down = ((127 - e) << 23).to(tl.float32, bitcast=True)
+    up = ((127 + e) << 23).to(tl.float32, bitcast=True)
+    return down, up
+
+
+@triton.jit
+def _decode_fp8_kernel(
+    w_ptr, s_ptr, alpha_ptr, out_ptr, col_scale_ptr,
+    N, K,
+    stride_wn, stride_sn, stride_on,
+    ALPHA_PER_ROW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    offs_ks = tl.arange(0, BLOCK_K // 16)
+    smax = tl.full((BLOCK_N,), 2.0**-9, tl.float32)
+    for ks0 in range(0, K // 16, BLOCK_K // 16):
+        ks = ks0 + offs_ks
+        sb = tl.load(
+            s_ptr + offs_n[:, None] * stride_sn + ks[None, :], mask=n_ok[:, None] & (ks < K // 16)[None, :], other=0
+        )
+        smax = tl.maximum(smax, tl.max(tl.abs(e4m3_to_f32(sb)), axis=1))
+    down, up = _row_shift(smax)
+    if ALPHA_PER_ROW:
+        alpha = tl.load(alpha_ptr + offs_n, mask=n_ok, other=0.0)
+    else:
+        alpha = tl.load(alpha_ptr)
+    tl.store(col_scale_ptr + offs_n, alpha * up, mask=n_ok)
+
+    offs_kp = tl.arange(0, BLOCK_K // 2)
+    offs_k = tl.arange(0, BLOCK_K)
+    for k0 in range(0, K, BLOCK_K):
+        kp = k0 // 2 + offs_kp
+        packed = tl.load(
+            w_ptr + offs_n[:, None] * stride_wn + kp[None, :], mask=n_ok[:, None] & (kp < K // 2)[None, :], other=0
+        )
+        ks = k0 // 16 + offs_ks
+        sb = tl.load(
+            s_ptr + offs_n[:, None] * stride_sn + ks[None, :], mask=n_ok[:, None] & (ks < K // 16)[None, :], other=0
+        )
+        w = decode_fp4_tile(packed, e4m3_to_f32(sb) * down[:, None], BLOCK_N, BLOCK_K)
+        kk = k0 + offs_k
+        tl.store(
+            out_ptr + offs_n[:, None] * stride_on + kk[None, :],
+            w.to(tl.float8e4nv, fp_downcast_rounding="rtne"),
+            mask=n_ok[:, None] & (kk < K)[None, :],
+        )
+
+
+DECODE_BLOCK_N = 16
+DECODE_BLOCK_K = 512
+DECODE_WARPS = 4
+
+
+def decode_nvfp4_to_fp8(
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    alpha: torch.Tensor,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode packed NVFP4 ``[N, K/2]`` to e4m3 ``[N, K]`` plus ``col_scale[N]`` (see module doc).
+
+    ``out`` may be a reused scratch buffer with at least ``N * K`` elements.
+    """
+    n, half_k = weight.shape
+    k = half_k * 2
+    if out is None:
+        out = torch.empty((n, k), dtype=torch.float8_e4m3fn, device=weight.device)
+    else:
+        out = out.view(-1)[: n * k].view(n, k)
+    col_scale = torch.empty(n, dtype=torch.float32, device=weight.device)
+    alpha = alpha.to(torch.float32)
+    grid = (triton.cdiv(n, DECODE_BLOCK_N),)
+    _decode_fp8_kernel[grid](
+        weight, weight_scale.view(torch.uint8), alpha, out, col_scale,
+        n, k, weight.stride(0), weight_scale.stride(0), out.stride(0),
+        ALPHA_PER_ROW=alpha.ndim == 1, BLOCK_N=DECODE_BLOCK_N, BLOCK_K=DECODE_BLOCK_K, num_warps=DECODE_WARPS,
+    )  # fmt: skip
+    return out, col_scale

@@ -1,0 +1,129 @@
+"""W4A16 backend: a Triton GEMM that decodes FP4 to the activation dtype inside its main loop.
+
+``y[M, N] = (x[M, K] @ (e2m1 * block_scale)[N, K]^T) * alpha + bias``, float32 accumulation.
+The decoded weights (code x e4m3 scale) are exact in bf16 and fp16, so the only rounding
+is the accumulation's. Used on Ampere (no FP8) and, on Hopper/Ada, for small M where
+the weight bytes, not the arithmetic, set the time (modulation rows, M = 1).
+
+Tensor layouts are the op contract's (:mod:`kernels.backends`).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..autotune import Config, pick_config
+from . import register_backend
+from .fp4_decode_tl import decode_fp4_tile, e4m3_to_f32
+from .reference import reference_fp4_linear
+
+
+def _candidates(m: int) -> list[Config]:
+    """Tile configs worth trying for ``m`` rows; the first is the untuned default."""
+    small = [(16, 64, 256, 4, 4), (16, 128, 128, 4, 4), (16, 64, 128, 4, 4), (16, 128, 256, 8, 3),
+             (32, 64, 256, 4, 4), (32, 128, 128, 4, 4)]  # fmt: skip
+    medium = [(64, 128, 128, 8, 3), (64, 64, 128, 4, 4), (64, 128, 64, 4, 4), (128, 64, 128, 8, 3)]
+    large = [(128, 128, 64, 8, 3), (128, 128, 128, 8, 3), (128, 256, 64, 8, 3), (128, 64, 128, 4, 4),
+             (64, 128, 128, 8, 3)]  # fmt: skip
+    table = small if m <= 32 else medium if m <= 128 else large
+    return [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "num_stages": st}
+            for bm, bn, bk, w, st in table]  # fmt: skip
+
+
+def m_bucket(m: int) -> int:
+    """Tuning key for M: powers of two up to 4096, so nearby token counts share a config."""
+    return min(triton.next_power_of_2(max(m, 1)), 4096)
+
+
+@triton.jit
+def _w4a16_gemm_kernel(
+    x_ptr, w_ptr, s_ptr, alpha_ptr, bias_ptr, y_ptr,
+    M, N, K,
+    stride_xm, stride_wn, stride_sn, stride_ym,
+    ALPHA_PER_ROW: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr = 8,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    group = GROUP_M * num_n
+    first_m = (pid // group) * GROUP_M
+    group_m = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group) % group_m
+    pid_n = (pid % group) // group_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    offs_k = tl.arange(0, BLOCK_K)
+    offs_kp = tl.arange(0, BLOCK_K // 2)
+    offs_ks = tl.arange(0, BLOCK_K // 16)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + offs_k
+        x = tl.load(
+            x_ptr + offs_m[:, None] * stride_xm + kk[None, :], mask=m_ok[:, None] & (kk < K)[None, :], other=0.0
+        )
+        kp = k0 // 2 + offs_kp
+        packed = tl.load(
+            w_ptr + offs_n[:, None] * stride_wn + kp[None, :], mask=n_ok[:, None] & (kp < K // 2)[None, :], other=0
+        )
+        ks = k0 // 16 + offs_ks
+        sbyte = tl.load(
+            s_ptr + offs_n[:, None] * stride_sn + ks[None, :], mask=n_ok[:, None] & (ks < K // 16)[None, :], other=0
+        )
+        w = decode_fp4_tile(packed, e4m3_to_f32(sbyte), BLOCK_N, BLOCK_K).to(x.dtype)
+        acc = tl.dot(x, tl.trans(w), acc)
+
+    if ALPHA_PER_ROW:
+        acc = acc * tl.load(alpha_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+    else:
+        acc = acc * tl.load(alpha_ptr)
+    if HAS_BIAS:
+        acc = acc + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(
+        y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :],
+        acc.to(y_ptr.dtype.element_ty),
+        mask=m_ok[:, None] & n_ok[None, :],
+    )
+
+
+def w4a16_fp4_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    alpha: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """The op contract's function, computed by the W4A16 Triton kernel (bf16/fp16 activations;
+    others go to the reference backend)."""
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        return reference_fp4_linear(x, weight, weight_scale, alpha, bias)
+    n, half_k = weight.shape
+    k = half_k * 2
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m = x2.shape[0]
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m > 0:
+        alpha = alpha.to(torch.float32)
+
+        def launch(cfg: Config) -> None:
+            grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
+            _w4a16_gemm_kernel[grid](
+                x2, weight, weight_scale.view(torch.uint8), alpha, bias if bias is not None else alpha, y,
+                m, n, k,
+                x2.stride(0), weight.stride(0), weight_scale.stride(0), y.stride(0),
+                ALPHA_PER_ROW=alpha.ndim == 1, HAS_BIAS=bias is not None, **cfg,
+            )  # fmt: skip
+
+        launch(pick_config("w4a16", (m_bucket(m), n, k, str(x.dtype)), _candidates(m), launch))
+    return y.reshape(*x.shape[:-1], n)
+
+
+register_backend("w4a16", w4a16_fp4_linear)
