@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..autotune import Config, pick_config
 from .fp4_decode_tl import decode_fp4_tile, e4m3_to_f32
 
 
@@ -78,9 +79,11 @@ def _decode_fp8_kernel(
         )
 
 
-DECODE_BLOCK_N = 16
-DECODE_BLOCK_K = 512
-DECODE_WARPS = 4
+# (BLOCK_N rows, BLOCK_K columns per step, warps); the first is the untuned default
+DECODE_CANDIDATES: list[Config] = [
+    {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w}
+    for bn, bk, w in [(16, 512, 4), (8, 1024, 4), (32, 256, 4), (16, 1024, 8), (4, 2048, 4), (32, 512, 8), (64, 256, 8)]
+]
 
 
 def decode_nvfp4_to_fp8(
@@ -101,10 +104,13 @@ def decode_nvfp4_to_fp8(
         out = out.view(-1)[: n * k].view(n, k)
     col_scale = torch.empty(n, dtype=torch.float32, device=weight.device)
     alpha = alpha.to(torch.float32)
-    grid = (triton.cdiv(n, DECODE_BLOCK_N),)
-    _decode_fp8_kernel[grid](
-        weight, weight_scale.view(torch.uint8), alpha, out, col_scale,
-        n, k, weight.stride(0), weight_scale.stride(0), out.stride(0),
-        ALPHA_PER_ROW=alpha.ndim == 1, BLOCK_N=DECODE_BLOCK_N, BLOCK_K=DECODE_BLOCK_K, num_warps=DECODE_WARPS,
-    )  # fmt: skip
+
+    def launch(cfg: Config) -> None:
+        _decode_fp8_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
+            weight, weight_scale.view(torch.uint8), alpha, out, col_scale,
+            n, k, weight.stride(0), weight_scale.stride(0), out.stride(0),
+            ALPHA_PER_ROW=alpha.ndim == 1, **cfg,
+        )  # fmt: skip
+
+    launch(pick_config("fp8_decode", (n, k), DECODE_CANDIDATES, launch))
     return out, col_scale

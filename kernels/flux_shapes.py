@@ -1,0 +1,56 @@
+"""The GEMM shapes of one FLUX.1-dev (or schnell) transformer forward.
+
+FLUX.1: hidden 3072, MLP 12288, 19 double blocks (image and text streams), 38 single blocks.
+Image tokens are ``(H/16) * (W/16)`` (VAE /8, then 2x2 patches); text tokens 512 for dev
+(T5 max length), 256 for schnell. Single blocks see image + text tokens. Modulation
+linears see one row per batch element.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HIDDEN = 3072
+MLP = 12288
+DOUBLE_BLOCKS = 19
+SINGLE_BLOCKS = 38
+
+
+@dataclass(frozen=True)
+class GemmShape:
+    name: str  # ComfyUI/BFL layer name pattern
+    m: int
+    k: int
+    n: int
+    count: int  # how many layers of this shape one forward runs
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.m * self.k * self.n
+
+
+def image_tokens(width: int, height: int) -> int:
+    return (height // 16) * (width // 16)
+
+
+def flux_block_gemms(width: int = 1024, height: int = 1024, batch: int = 1, text_tokens: int = 512) -> list[GemmShape]:
+    """Every block linear of one forward at this resolution and batch (embedders and final layer excluded)."""
+    img = image_tokens(width, height) * batch
+    txt = text_tokens * batch
+    h = HIDDEN
+    d, s = DOUBLE_BLOCKS, SINGLE_BLOCKS
+    return [
+        GemmShape("double_blocks.*.img_mod.lin", batch, h, 6 * h, d),
+        GemmShape("double_blocks.*.txt_mod.lin", batch, h, 6 * h, d),
+        GemmShape("double_blocks.*.img_attn.qkv", img, h, 3 * h, d),
+        GemmShape("double_blocks.*.txt_attn.qkv", txt, h, 3 * h, d),
+        GemmShape("double_blocks.*.img_attn.proj", img, h, h, d),
+        GemmShape("double_blocks.*.txt_attn.proj", txt, h, h, d),
+        GemmShape("double_blocks.*.img_mlp.0", img, h, MLP, d),
+        GemmShape("double_blocks.*.img_mlp.2", img, MLP, h, d),
+        GemmShape("double_blocks.*.txt_mlp.0", txt, h, MLP, d),
+        GemmShape("double_blocks.*.txt_mlp.2", txt, MLP, h, d),
+        GemmShape("single_blocks.*.modulation.lin", batch, h, 3 * h, s),
+        GemmShape("single_blocks.*.linear1", img + txt, h, 3 * h + MLP, s),
+        GemmShape("single_blocks.*.linear2", img + txt, h + MLP, h, s),
+    ]

@@ -1,0 +1,172 @@
+"""GEMM benchmark: every FLUX.1-dev block linear at 1024x1024, each method, one process.
+
+Methods (all on the same NVFP4 weights and bf16 activations, same GPU, same run):
+  bf16          cuBLAS bf16 (torch.nn.functional.linear) on the dequantized weights
+  fp8_gemm      cuBLAS FP8 row-wise (torch._scaled_mm) alone: weights pre-decoded, activations pre-quantized
+  comfy_nvfp4   ComfyUI's own NVFP4 path without FP4 hardware: comfy-kitchen dequantize_nvfp4 + bf16 matmul
+  w4a8          this pack's W4A8 op (decode once per call + per-token FP8 + cuBLAS FP8; W4A16 for small M)
+  w4a8_fp8path  the W4A8 op forced onto its decode + FP8 path at every M
+  fp8_resident  this pack's fp8-resident op (weights decoded at load; per-token FP8 + cuBLAS FP8)
+  w4a16         this pack's W4A16 Triton kernel
+Also timed alone: the FP4->FP8 decode (GB/s) and the activation quantization.
+
+Times are medians of triton.testing.do_bench (L2 flushed before each run). Errors are relative
+Frobenius errors against float64 x @ dequant(W)^T. Prints a table; writes JSON.
+
+  python tools/bench_gemm.py --out bench_gemm.json [--tune --save-tuned kernels/tuned/]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from kernels import autotune, fp4_linear, nvfp4_dequantize, nvfp4_quantize, swap_nibbles, swizzle_scales  # noqa: E402
+from kernels.backends import w4a8  # noqa: E402
+from kernels.backends.fp8_act_quant import quantize_act_fp8  # noqa: E402
+from kernels.backends.fp8_decode import decode_nvfp4_to_fp8  # noqa: E402
+from kernels.flux_shapes import flux_block_gemms  # noqa: E402
+
+METHODS = ["bf16", "fp8_gemm", "comfy_nvfp4", "w4a8", "w4a8_fp8path", "fp8_resident", "w4a16"]
+
+
+def bench(fn) -> float:
+    """Median ms per call, L2 flushed before each call (launch overhead included)."""
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def bench_graph(fn) -> float | None:
+    """Median ms per call replayed from a CUDA graph (no launch overhead; L2 not flushed)."""
+    import triton.testing
+
+    try:
+        return triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median")
+    except Exception:
+        return None
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((y.double() - ref).norm() / ref.norm()).item()
+
+
+def comfy_kitchen_method(packed, scale, gs):
+    try:
+        import comfy_kitchen as ck
+    except ImportError:
+        return None
+    qx = swap_nibbles(packed)  # comfy-kitchen keeps the even element in the high nibble
+    blocked = swizzle_scales(scale)  # and the scales in cuBLAS's tiled layout
+    return lambda x: F.linear(x, ck.dequantize_nvfp4(qx, gs, blocked, torch.bfloat16))
+
+
+def run_shape(shape, methods, gen) -> dict:
+    dev = "cuda"
+    w = torch.randn(shape.n, shape.k, generator=gen, device=dev) * 0.02
+    x = torch.randn(shape.m, shape.k, generator=gen, device=dev).to(torch.bfloat16)
+    packed, scale, gs = nvfp4_quantize(w)
+    w_bf16 = nvfp4_dequantize(packed, scale, gs, dtype=torch.bfloat16)
+    ref = x.double() @ nvfp4_dequantize(packed, scale, gs, dtype=torch.float64).T
+    w8, col_scale = decode_nvfp4_to_fp8(packed, scale, gs)
+    q, row_scale = quantize_act_fp8(x)
+
+    def forced_fp8path(x):
+        old, w4a8.W4A8_SMALL_M = w4a8.W4A8_SMALL_M, 0
+        try:
+            return fp4_linear(x, packed, scale, gs, None, "w4a8")
+        finally:
+            w4a8.W4A8_SMALL_M = old
+
+    fns = {
+        "bf16": lambda x: F.linear(x, w_bf16),
+        "fp8_gemm": lambda x: torch._scaled_mm(
+            q, w8.t(), scale_a=row_scale[:, None], scale_b=col_scale[None, :], out_dtype=torch.bfloat16,
+            use_fast_accum=True,
+        ),
+        "comfy_nvfp4": comfy_kitchen_method(packed, scale, gs),
+        "w4a8": lambda x: fp4_linear(x, packed, scale, gs, None, "w4a8"),
+        "w4a8_fp8path": forced_fp8path,
+        "fp8_resident": lambda x: fp4_linear(x, w8, scale.new_empty(0), col_scale, None, "fp8_resident"),
+        "w4a16": lambda x: fp4_linear(x, packed, scale, gs, None, "w4a16"),
+    }  # fmt: skip
+    row = {"name": shape.name, "m": shape.m, "k": shape.k, "n": shape.n, "count": shape.count, "ms": {}, "err": {}}
+    for name in methods:
+        fn = fns.get(name)
+        if fn is None:
+            continue
+        with autotune.tuning_enabled():
+            y = fn(x)  # tunes Triton configs for this shape (outside the timed region)
+        torch.cuda.synchronize()
+        row["err"][name] = rel_err(y, ref)
+        row["ms"][name] = bench(lambda fn=fn: fn(x))
+        row.setdefault("ms_graph", {})[name] = bench_graph(lambda fn=fn: fn(x))
+    decode_bytes = shape.n * shape.k * (0.5 + 1 / 16 + 1)
+    row["decode_ms"] = bench(lambda: decode_nvfp4_to_fp8(packed, scale, gs))
+    row["decode_gbps"] = decode_bytes / row["decode_ms"] / 1e6
+    row["act_quant_ms"] = bench(lambda: quantize_act_fp8(x))
+    for name, ms in row["ms"].items():
+        row.setdefault("tflops", {})[name] = shape.flops / ms / 1e9
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench_gemm.json")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--width", type=int, default=1024)
+    ap.add_argument("--height", type=int, default=1024)
+    ap.add_argument("--save-tuned", default=None, help="folder to write the tuned-config JSON into")
+    args = ap.parse_args()
+
+    methods = args.methods.split(",")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    autotune.load_shipped_configs()
+    t0 = time.time()
+    rows = [run_shape(s, methods, gen) for s in flux_block_gemms(args.width, args.height)]
+    totals = {m: sum(r["ms"][m] * r["count"] for r in rows if m in r["ms"]) for m in methods}
+    bf16_total = totals.get("bf16")
+    result = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": __import__("triton").__version__,
+        "resolution": [args.width, args.height],
+        "rows": rows,
+        "forward_gemm_ms": totals,
+        "speedup_vs_bf16": {m: bf16_total / t for m, t in totals.items() if t and bf16_total},
+        "seconds": time.time() - t0,
+        "tuning": dict(autotune.stats),
+    }
+    pathlib.Path(args.out).write_text(json.dumps(result, indent=1))
+    if args.save_tuned:
+        autotune.save_cache_file(pathlib.Path(args.save_tuned) / f"{autotune.device_signature()}.json")
+
+    shown = [m for m in methods if m in totals and totals[m]]
+    print(f"{result['gpu']}  torch {result['torch']}  triton {result['triton']}")
+    print(f"{'shape':34s} {'M':>5s} {'K':>6s} {'N':>6s} " + " ".join(f"{m:>12s}" for m in shown)
+          + "  dec GB/s  actq ms")  # fmt: skip
+    for r in rows:
+        ratio = " ".join(f"{r['ms']['bf16'] / r['ms'][m]:11.2f}x" if m in r["ms"] else f"{'-':>12s}" for m in shown)
+        print(f"{r['name']:34s} {r['m']:5d} {r['k']:6d} {r['n']:6d} {ratio}  {r['decode_gbps']:8.0f}  "
+              f"{r['act_quant_ms']:.4f}")  # fmt: skip
+    print("graph-replay ratios (no launch overhead): ")
+    for r in rows:
+        g = r["ms_graph"]
+        print(f"  {r['name']:34s} " + " ".join(
+            f"{g['bf16'] / g[m]:6.2f}x" if g.get(m) and g.get("bf16") else "   -   " for m in shown))  # fmt: skip
+    print("bf16 ms per shape: " + ", ".join(f"{r['ms']['bf16']:.4f}" for r in rows))
+    print("max rel err: " + ", ".join(f"{m}={max(r['err'][m] for r in rows if m in r['err']):.4f}" for m in shown))
+    print("forward GEMM ms: " + ", ".join(f"{m}={totals[m]:.2f}" for m in shown))
+    print("speedup vs bf16: " + ", ".join(f"{m}={v:.3f}x" for m, v in result["speedup_vs_bf16"].items()))
+
+
+if __name__ == "__main__":
+    main()
