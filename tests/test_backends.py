@@ -171,3 +171,26 @@ def test_requested_backend_that_cannot_run_is_a_clear_error():
         choose_backend("cpu", "w4a8")
     with pytest.raises(ValueError, match="unknown backend"):
         choose_backend("cpu", "w4a3")
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (compiles the GPU backends)")
+@pytest.mark.parametrize("backend", ["w4a8", "w4a16"])
+def test_compiled_gpu_backend_has_no_graph_break(backend, gen):
+    from torch import nn
+
+    from kernels import FP4Linear
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    block = nn.Sequential(
+        FP4Linear.from_linear(nn.Linear(256, 512)), nn.GELU(), FP4Linear.from_linear(nn.Linear(512, 256))
+    ).to(DEVICE, torch.bfloat16)
+    for m in block:
+        if isinstance(m, FP4Linear):
+            m.backend = backend
+    x = torch.randn(300, 256, generator=gen).to(DEVICE, torch.bfloat16)
+    eager = block(x)
+    compiled = torch.compile(block, fullgraph=True)
+    y = compiled(x)
+    assert sum(torch._dynamo.utils.counters["graph_break"].values()) == 0
+    assert rel_err(y, eager.double().cpu()) < 1e-2
