@@ -33,7 +33,7 @@ from kernels import autotune, fp4_linear, nvfp4_dequantize, nvfp4_quantize, swap
 from kernels.backends import w4a8  # noqa: E402
 from kernels.backends.fp8_act_quant import quantize_act_fp8  # noqa: E402
 from kernels.backends.fp8_decode import decode_nvfp4_to_fp8  # noqa: E402
-from kernels.flux_shapes import flux_block_gemms  # noqa: E402
+from kernels.flux_shapes import GemmShape, flux_block_gemms  # noqa: E402
 
 METHODS = ["bf16", "fp8_gemm", "comfy_nvfp4", "w4a8", "w4a8_fp8path", "fp8_resident", "w4a16"]
 
@@ -124,6 +124,7 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--height", type=int, default=1024)
+    ap.add_argument("--probe-m", default="4,16,64,128,256", help="extra M values on the qkv shape (count 0)")
     ap.add_argument("--save-tuned", default=None, help="folder to write the tuned-config JSON into")
     args = ap.parse_args()
 
@@ -131,7 +132,9 @@ def main() -> None:
     gen = torch.Generator(device="cuda").manual_seed(0)
     autotune.load_shipped_configs()
     t0 = time.time()
-    rows = [run_shape(s, methods, gen) for s in flux_block_gemms(args.width, args.height)]
+    shapes = flux_block_gemms(args.width, args.height)
+    shapes += [GemmShape(f"probe.qkv.M{m}", int(m), 3072, 9216, 0) for m in args.probe_m.split(",") if m]
+    rows = [run_shape(s, methods, gen) for s in shapes]
     totals = {m: sum(r["ms"][m] * r["count"] for r in rows if m in r["ms"]) for m in methods}
     bf16_total = totals.get("bf16")
     result = {

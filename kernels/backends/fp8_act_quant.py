@@ -2,7 +2,8 @@
 
 ``x[M, K]`` (bf16/fp16/fp32) -> ``q[M, K]`` e4m3 and ``scale[M]`` float32 with
 ``x[m, k] ~= float(q[m, k]) * scale[m]``, ``scale[m] = max(amax(|x[m]|) / 448, 1e-12)``.
-One program per row: a first sweep finds the row's amax, the second (from L2) writes codes.
+Rows up to 16384 wide are held in registers and read once; wider rows take two sweeps
+(the second from L2).
 """
 
 from __future__ import annotations
@@ -13,24 +14,31 @@ import triton.language as tl
 
 FP8_MAX = 448.0
 MIN_SCALE = 1e-12
+SINGLE_SWEEP_MAX_K = 16384
 
 
 @triton.jit
-def _act_quant_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, BLOCK_K: tl.constexpr):
+def _act_quant_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, BLOCK_K: tl.constexpr, ONE_SWEEP: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_K)
-    amax = tl.zeros((BLOCK_K,), tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + offs
-        x = tl.load(x_ptr + row * stride_xm + kk, mask=kk < K, other=0.0).to(tl.float32)
-        amax = tl.maximum(amax, tl.abs(x))
-    scale = tl.maximum(tl.max(amax, axis=0) / 448.0, 1e-12)
-    inv = 1.0 / scale
-    for k0 in range(0, K, BLOCK_K):
-        kk = k0 + offs
-        x = tl.load(x_ptr + row * stride_xm + kk, mask=kk < K, other=0.0).to(tl.float32)
-        q = tl.minimum(tl.maximum(x * inv, -448.0), 448.0)
-        tl.store(q_ptr + row * stride_qm + kk, q.to(tl.float8e4nv, fp_downcast_rounding="rtne"), mask=kk < K)
+    if ONE_SWEEP:
+        x = tl.load(x_ptr + row * stride_xm + offs, mask=offs < K, other=0.0).to(tl.float32)
+        scale = tl.maximum(tl.max(tl.abs(x), axis=0) / 448.0, 1e-12)
+        q = tl.minimum(tl.maximum(x * (1.0 / scale), -448.0), 448.0)
+        tl.store(q_ptr + row * stride_qm + offs, q.to(tl.float8e4nv, fp_downcast_rounding="rtne"), mask=offs < K)
+    else:
+        amax = tl.zeros((BLOCK_K,), tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + offs
+            x = tl.load(x_ptr + row * stride_xm + kk, mask=kk < K, other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.abs(x))
+        scale = tl.maximum(tl.max(amax, axis=0) / 448.0, 1e-12)
+        inv = 1.0 / scale
+        for k0 in range(0, K, BLOCK_K):
+            kk = k0 + offs
+            x = tl.load(x_ptr + row * stride_xm + kk, mask=kk < K, other=0.0).to(tl.float32)
+            q = tl.minimum(tl.maximum(x * inv, -448.0), 448.0)
+            tl.store(q_ptr + row * stride_qm + kk, q.to(tl.float8e4nv, fp_downcast_rounding="rtne"), mask=kk < K)
     tl.store(s_ptr + row, scale)
 
 
@@ -42,8 +50,10 @@ def quantize_act_fp8(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x2d.device)
     scale = torch.empty((m,), dtype=torch.float32, device=x2d.device)
     if m:
-        block_k = min(2048, triton.next_power_of_2(k))
+        one_sweep = k <= SINGLE_SWEEP_MAX_K
+        block_k = triton.next_power_of_2(k) if one_sweep else 4096
+        warps = 4 if block_k <= 2048 else 8 if block_k <= 8192 else 16
         _act_quant_kernel[(m,)](
-            x2d, q, scale, k, x2d.stride(0), q.stride(0), BLOCK_K=block_k, num_warps=4 if block_k <= 1024 else 8
+            x2d, q, scale, k, x2d.stride(0), q.stride(0), BLOCK_K=block_k, ONE_SWEEP=one_sweep, num_warps=warps
         )
     return q, scale

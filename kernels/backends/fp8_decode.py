@@ -39,50 +39,52 @@ def _decode_fp8_kernel(
     w_ptr, s_ptr, alpha_ptr, out_ptr, col_scale_ptr,
     N, K,
     stride_wn, stride_sn, stride_on,
-    ALPHA_PER_ROW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ALPHA_PER_ROW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_CHUNK: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0)
-    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    """Grid (row blocks, K chunks). Each program re-reads its rows' scales (from L2) for the row
+    shift, then decodes one [BLOCK_N, BLOCK_K] tile; the first K chunk writes col_scale."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
-    offs_ks = tl.arange(0, BLOCK_K // 16)
+    offs_c = tl.arange(0, SCALE_CHUNK)
     smax = tl.full((BLOCK_N,), 2.0**-9, tl.float32)
-    for ks0 in range(0, K // 16, BLOCK_K // 16):
-        ks = ks0 + offs_ks
+    for c0 in range(0, K // 16, SCALE_CHUNK):
+        cc = c0 + offs_c
         sb = tl.load(
-            s_ptr + offs_n[:, None] * stride_sn + ks[None, :], mask=n_ok[:, None] & (ks < K // 16)[None, :], other=0
+            s_ptr + offs_n[:, None] * stride_sn + cc[None, :], mask=n_ok[:, None] & (cc < K // 16)[None, :], other=0
         )
         smax = tl.maximum(smax, tl.max(tl.abs(e4m3_to_f32(sb)), axis=1))
     down, up = _row_shift(smax)
-    if ALPHA_PER_ROW:
-        alpha = tl.load(alpha_ptr + offs_n, mask=n_ok, other=0.0)
-    else:
-        alpha = tl.load(alpha_ptr)
-    tl.store(col_scale_ptr + offs_n, alpha * up, mask=n_ok)
+    if pid_k == 0:
+        if ALPHA_PER_ROW:
+            alpha = tl.load(alpha_ptr + offs_n, mask=n_ok, other=0.0)
+        else:
+            alpha = tl.load(alpha_ptr)
+        tl.store(col_scale_ptr + offs_n, alpha * up, mask=n_ok)
 
-    offs_kp = tl.arange(0, BLOCK_K // 2)
-    offs_k = tl.arange(0, BLOCK_K)
-    for k0 in range(0, K, BLOCK_K):
-        kp = k0 // 2 + offs_kp
-        packed = tl.load(
-            w_ptr + offs_n[:, None] * stride_wn + kp[None, :], mask=n_ok[:, None] & (kp < K // 2)[None, :], other=0
-        )
-        ks = k0 // 16 + offs_ks
-        sb = tl.load(
-            s_ptr + offs_n[:, None] * stride_sn + ks[None, :], mask=n_ok[:, None] & (ks < K // 16)[None, :], other=0
-        )
-        w = decode_fp4_tile(packed, e4m3_to_f32(sb) * down[:, None], BLOCK_N, BLOCK_K)
-        kk = k0 + offs_k
-        tl.store(
-            out_ptr + offs_n[:, None] * stride_on + kk[None, :],
-            w.to(tl.float8e4nv, fp_downcast_rounding="rtne"),
-            mask=n_ok[:, None] & (kk < K)[None, :],
-        )
+    k0 = pid_k * BLOCK_K
+    kp = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    packed = tl.load(
+        w_ptr + offs_n[:, None] * stride_wn + kp[None, :], mask=n_ok[:, None] & (kp < K // 2)[None, :], other=0
+    )
+    ks = k0 // 16 + tl.arange(0, BLOCK_K // 16)
+    sb = tl.load(
+        s_ptr + offs_n[:, None] * stride_sn + ks[None, :], mask=n_ok[:, None] & (ks < K // 16)[None, :], other=0
+    )
+    w = decode_fp4_tile(packed, e4m3_to_f32(sb) * down[:, None], BLOCK_N, BLOCK_K)
+    kk = k0 + tl.arange(0, BLOCK_K)
+    tl.store(
+        out_ptr + offs_n[:, None] * stride_on + kk[None, :],
+        w.to(tl.float8e4nv, fp_downcast_rounding="rtne"),
+        mask=n_ok[:, None] & (kk < K)[None, :],
+    )
 
 
 # (BLOCK_N rows, BLOCK_K columns per step, warps); the first is the untuned default
 DECODE_CANDIDATES: list[Config] = [
     {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w}
-    for bn, bk, w in [(16, 512, 4), (8, 1024, 4), (32, 256, 4), (16, 1024, 8), (4, 2048, 4), (32, 512, 8), (64, 256, 8)]
+    for bn, bk, w in [(32, 512, 4), (16, 1024, 4), (64, 256, 4), (32, 1024, 8), (16, 512, 4), (64, 512, 8)]
 ]
 
 
@@ -106,10 +108,10 @@ def decode_nvfp4_to_fp8(
     alpha = alpha.to(torch.float32)
 
     def launch(cfg: Config) -> None:
-        _decode_fp8_kernel[(triton.cdiv(n, cfg["BLOCK_N"]),)](
+        _decode_fp8_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(k, cfg["BLOCK_K"]))](
             weight, weight_scale.view(torch.uint8), alpha, out, col_scale,
             n, k, weight.stride(0), weight_scale.stride(0), out.stride(0),
-            ALPHA_PER_ROW=alpha.ndim == 1, **cfg,
+            ALPHA_PER_ROW=alpha.ndim == 1, SCALE_CHUNK=min(1024, triton.next_power_of_2(k // 16)), **cfg,
         )  # fmt: skip
 
     launch(pick_config("fp8_decode", (n, k), DECODE_CANDIDATES, launch))

@@ -1,9 +1,17 @@
-"""W4A16 backend: a Triton GEMM that decodes FP4 to the activation dtype inside its main loop.
+"""W4A16 backend: Triton kernels that decode FP4 to the activation dtype inside the GEMM.
 
 ``y[M, N] = (x[M, K] @ (e2m1 * block_scale)[N, K]^T) * alpha + bias``, float32 accumulation.
-The decoded weights (code x e4m3 scale) are exact in bf16 and fp16, so the only rounding
-is the accumulation's. Used on Ampere (no FP8) and, on Hopper/Ada, for small M where
-the weight bytes, not the arithmetic, set the time (modulation rows, M = 1).
+The decoded weights (code x e4m3 scale) are exact in bf16 and fp16, so the only rounding is
+the accumulation's. Used on Ampere (no FP8) and, on Hopper/Ada, for small M where the
+weight bytes, not the arithmetic, set the time (modulation rows).
+
+Packed bytes hold the even-k element in the low nibble, so both kernels split the reduction
+into even and odd k: ``x[:, 0::2] @ lo^T + x[:, 1::2] @ hi^T``. That keeps every tensor in the
+layout it was loaded in (no interleaving of nibbles in registers). Block scales are loaded
+once per byte column (``scale[n, k // 16]`` repeats over 8 bytes; the repeats hit L1).
+
+* ``M <= GEMV_MAX_M``: a GEMV kernel (no tensor cores), one program per (N block, row).
+* otherwise: a tiled ``tl.dot`` GEMM.
 
 Tensor layouts are the op contract's (:mod:`kernels.backends`).
 """
@@ -16,14 +24,16 @@ import triton.language as tl
 
 from ..autotune import Config, pick_config
 from . import register_backend
-from .fp4_decode_tl import decode_fp4_tile, e4m3_to_f32
+from .fp4_decode_tl import e2m1_to_f32, e4m3_to_f32
 from .reference import reference_fp4_linear
 
+GEMV_MAX_M = 4
 
-def _candidates(m: int) -> list[Config]:
+
+def _gemm_candidates(m: int) -> list[Config]:
     """Tile configs worth trying for ``m`` rows; the first is the untuned default."""
-    small = [(16, 64, 256, 4, 4), (16, 128, 128, 4, 4), (16, 64, 128, 4, 4), (16, 128, 256, 8, 3),
-             (32, 64, 256, 4, 4), (32, 128, 128, 4, 4)]  # fmt: skip
+    small = [(16, 64, 256, 4, 4), (16, 128, 128, 4, 4), (32, 64, 256, 4, 4), (32, 128, 128, 4, 4),
+             (16, 64, 128, 4, 4)]  # fmt: skip
     medium = [(64, 128, 128, 8, 3), (64, 64, 128, 4, 4), (64, 128, 64, 4, 4), (128, 64, 128, 8, 3)]
     large = [(128, 128, 64, 8, 3), (128, 128, 128, 8, 3), (128, 256, 64, 8, 3), (128, 64, 128, 4, 4),
              (64, 128, 128, 8, 3)]  # fmt: skip
@@ -32,9 +42,37 @@ def _candidates(m: int) -> list[Config]:
             for bm, bn, bk, w, st in table]  # fmt: skip
 
 
+GEMV_CANDIDATES: list[Config] = [
+    {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w}
+    for bn, bk, w in [(32, 256, 4), (16, 512, 4), (64, 256, 8), (32, 512, 8), (8, 1024, 4), (64, 128, 4)]
+]
+
+
 def m_bucket(m: int) -> int:
     """Tuning key for M: powers of two up to 4096, so nearby token counts share a config."""
     return min(triton.next_power_of_2(max(m, 1)), 4096)
+
+
+@triton.jit
+def _decoded_halves(w_ptr, s_ptr, offs_n, n_ok, k0, K, stride_wn, stride_sn, BLOCK_K: tl.constexpr):
+    """float32 (lo, hi) ``[BLOCK_N, BLOCK_K/2]``: even-k and odd-k weights times their block scale."""
+    kp = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    ok = n_ok[:, None] & (kp < K // 2)[None, :]
+    packed = tl.load(w_ptr + offs_n[:, None] * stride_wn + kp[None, :], mask=ok, other=0).to(tl.int32)
+    sbyte = tl.load(s_ptr + offs_n[:, None] * stride_sn + (kp // 8)[None, :], mask=ok, other=0)
+    scale = e4m3_to_f32(sbyte)
+    return e2m1_to_f32(packed & 0xF) * scale, e2m1_to_f32(packed >> 4) * scale
+
+
+@triton.jit
+def _epilogue(acc, alpha_ptr, bias_ptr, offs_n, n_ok, ALPHA_PER_ROW: tl.constexpr, HAS_BIAS: tl.constexpr):
+    if ALPHA_PER_ROW:
+        acc = acc * tl.load(alpha_ptr + offs_n, mask=n_ok, other=0.0)
+    else:
+        acc = acc * tl.load(alpha_ptr)
+    if HAS_BIAS:
+        acc = acc + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+    return acc
 
 
 @triton.jit
@@ -58,38 +96,43 @@ def _w4a16_gemm_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
     n_ok = offs_n < N
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_kp = tl.arange(0, BLOCK_K // 2)
-    offs_ks = tl.arange(0, BLOCK_K // 16)
-
+    even = 2 * tl.arange(0, BLOCK_K // 2)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        kk = k0 + offs_k
-        x = tl.load(
-            x_ptr + offs_m[:, None] * stride_xm + kk[None, :], mask=m_ok[:, None] & (kk < K)[None, :], other=0.0
-        )
-        kp = k0 // 2 + offs_kp
-        packed = tl.load(
-            w_ptr + offs_n[:, None] * stride_wn + kp[None, :], mask=n_ok[:, None] & (kp < K // 2)[None, :], other=0
-        )
-        ks = k0 // 16 + offs_ks
-        sbyte = tl.load(
-            s_ptr + offs_n[:, None] * stride_sn + ks[None, :], mask=n_ok[:, None] & (ks < K // 16)[None, :], other=0
-        )
-        w = decode_fp4_tile(packed, e4m3_to_f32(sbyte), BLOCK_N, BLOCK_K).to(x.dtype)
-        acc = tl.dot(x, tl.trans(w), acc)
+        xk = k0 + even
+        x_ok = m_ok[:, None] & (xk < K)[None, :]
+        x_rows = x_ptr + offs_m[:, None] * stride_xm + xk[None, :]
+        x_even = tl.load(x_rows, mask=x_ok, other=0.0)
+        x_odd = tl.load(x_rows + 1, mask=x_ok, other=0.0)
+        lo, hi = _decoded_halves(w_ptr, s_ptr, offs_n, n_ok, k0, K, stride_wn, stride_sn, BLOCK_K)
+        acc = tl.dot(x_even, tl.trans(lo.to(x_even.dtype)), acc)
+        acc = tl.dot(x_odd, tl.trans(hi.to(x_odd.dtype)), acc)
+    acc = _epilogue(acc, alpha_ptr, bias_ptr, offs_n[None, :], n_ok[None, :], ALPHA_PER_ROW, HAS_BIAS)
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])  # fmt: skip
 
-    if ALPHA_PER_ROW:
-        acc = acc * tl.load(alpha_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
-    else:
-        acc = acc * tl.load(alpha_ptr)
-    if HAS_BIAS:
-        acc = acc + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(
-        y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :],
-        acc.to(y_ptr.dtype.element_ty),
-        mask=m_ok[:, None] & n_ok[None, :],
-    )
+
+@triton.jit
+def _w4a16_gemv_kernel(
+    x_ptr, w_ptr, s_ptr, alpha_ptr, bias_ptr, y_ptr,
+    N, K,
+    stride_xm, stride_wn, stride_sn, stride_ym,
+    ALPHA_PER_ROW: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    pid_n = tl.program_id(0)
+    row = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    even = 2 * tl.arange(0, BLOCK_K // 2)
+    acc = tl.zeros((BLOCK_N, BLOCK_K // 2), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        xk = k0 + even
+        x_even = tl.load(x_ptr + row * stride_xm + xk, mask=xk < K, other=0.0).to(tl.float32)
+        x_odd = tl.load(x_ptr + row * stride_xm + xk + 1, mask=xk < K, other=0.0).to(tl.float32)
+        lo, hi = _decoded_halves(w_ptr, s_ptr, offs_n, n_ok, k0, K, stride_wn, stride_sn, BLOCK_K)
+        acc += lo * x_even[None, :] + hi * x_odd[None, :]
+    y = _epilogue(tl.sum(acc, axis=1), alpha_ptr, bias_ptr, offs_n, n_ok, ALPHA_PER_ROW, HAS_BIAS)
+    tl.store(y_ptr + row * stride_ym + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
 def w4a16_fp4_linear(
@@ -99,7 +142,7 @@ def w4a16_fp4_linear(
     alpha: torch.Tensor,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """The op contract's function, computed by the W4A16 Triton kernel (bf16/fp16 activations;
+    """The op contract's function, computed by the W4A16 Triton kernels (bf16/fp16 activations;
     others go to the reference backend)."""
     if x.dtype not in (torch.bfloat16, torch.float16):
         return reference_fp4_linear(x, weight, weight_scale, alpha, bias)
@@ -110,19 +153,26 @@ def w4a16_fp4_linear(
         x2 = x2.contiguous()
     m = x2.shape[0]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    if m > 0:
-        alpha = alpha.to(torch.float32)
+    if m == 0:
+        return y.reshape(*x.shape[:-1], n)
+    alpha = alpha.to(torch.float32)
+    args = (x2, weight, weight_scale.view(torch.uint8), alpha, bias if bias is not None else alpha, y)
+    strides = (x2.stride(0), weight.stride(0), weight_scale.stride(0), y.stride(0))
+    flags = {"ALPHA_PER_ROW": alpha.ndim == 1, "HAS_BIAS": bias is not None}
+
+    if m <= GEMV_MAX_M:
+
+        def launch(cfg: Config) -> None:
+            _w4a16_gemv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), m)](*args, n, k, *strides, **flags, **cfg)
+
+        launch(pick_config("w4a16_gemv", (m, n, k, str(x.dtype)), GEMV_CANDIDATES, launch))
+    else:
 
         def launch(cfg: Config) -> None:
             grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
-            _w4a16_gemm_kernel[grid](
-                x2, weight, weight_scale.view(torch.uint8), alpha, bias if bias is not None else alpha, y,
-                m, n, k,
-                x2.stride(0), weight.stride(0), weight_scale.stride(0), y.stride(0),
-                ALPHA_PER_ROW=alpha.ndim == 1, HAS_BIAS=bias is not None, **cfg,
-            )  # fmt: skip
+            _w4a16_gemm_kernel[grid](*args, m, n, k, *strides, **flags, **cfg)
 
-        launch(pick_config("w4a16", (m_bucket(m), n, k, str(x.dtype)), _candidates(m), launch))
+        launch(pick_config("w4a16", (m_bucket(m), n, k, str(x.dtype)), _gemm_candidates(m), launch))
     return y.reshape(*x.shape[:-1], n)
 
 

@@ -20,13 +20,15 @@ The ``fp8_resident`` backend is step 2-3 only, for weights decoded once at load
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from . import register_backend
 from .fp8_act_quant import quantize_act_fp8
 from .fp8_decode import decode_nvfp4_to_fp8
 from .w4a16 import w4a16_fp4_linear
 
-# At or below this many rows W4A16 beats decode + FP8 GEMM (measured on H100, see README).
+# At or below this many rows the W4A16 kernels (GEMV up to 4 rows, then a tiled GEMM) beat
+# decode + FP8 GEMM (measured on H100, see bench/NOTES.md).
 W4A8_SMALL_M = 64
 
 _scratch: dict[torch.device, torch.Tensor] = {}
@@ -96,6 +98,8 @@ def fp8_resident_fp4_linear(
     """Op contract variant: ``weight`` is e4m3 ``[N, K]``, ``alpha`` the column scales ``[N]``;
     ``weight_scale`` is unused (empty)."""
     n, k = weight.shape
+    if not fp8_gemm_supports(n, k):  # cuBLAS FP8 cannot take this shape: widen the weights instead
+        return F.linear(x, (weight.to(torch.float32) * alpha.unsqueeze(1)).to(x.dtype), bias)
     return fp8_scaled_mm(x.reshape(-1, k), weight, alpha, bias, x.dtype).reshape(*x.shape[:-1], n)
 
 
