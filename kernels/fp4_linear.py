@@ -9,6 +9,12 @@ Buffers (the state_dict keys, named as in ModelOpt/ComfyUI files):
 
 ``.to(device)`` / ``.cuda()`` move all of them together. ``.to(dtype)`` casts only the
 bias: packed codes, e4m3 scales and the float32 global scale keep their dtypes.
+
+:meth:`FP4Linear.prepare` picks the backend and computes, once, what it wants beyond the
+NVFP4 tensors (a non-persistent ``aux`` buffer, e.g. W4A8's per-row FP8 shift). The
+``fp8_resident`` backend instead replaces the weight by its FP8 decode (1 byte per weight,
+``weight_scale`` emptied, ``weight_scale_2`` = per-row FP8 scales); such a module's
+state_dict is no longer NVFP4.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from torch import nn
 from .fp4_linear_op import fp4_linear
 from .nvfp4 import BLOCK_SIZE, nvfp4_dequantize, nvfp4_quantize
 
-_QUANT_BUFFERS = ("weight", "weight_scale", "weight_scale_2")
+_KEEP_DTYPE_BUFFERS = ("weight", "weight_scale", "weight_scale_2", "aux")
 
 
 class FP4Linear(nn.Module):
@@ -51,6 +57,7 @@ class FP4Linear(nn.Module):
             self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device))
         else:
             self.bias = None
+        self.register_buffer("aux", None, persistent=False)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, backend: str = "reference") -> FP4Linear:
@@ -87,7 +94,7 @@ class FP4Linear(nn.Module):
 
     def _check_shapes(self) -> None:
         n, k = self.out_features, self.in_features
-        expected = {
+        expected = {  # the NVFP4 layout (before any fp8_resident conversion)
             "weight": ((n, k // 2), torch.uint8),
             "weight_scale": ((n, k // BLOCK_SIZE), torch.float8_e4m3fn),
         }
@@ -99,7 +106,25 @@ class FP4Linear(nn.Module):
             raise ValueError(f"weight_scale_2 must be 0-d or [{n}], got {tuple(self.weight_scale_2.shape)}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fp4_linear(x, self.weight, self.weight_scale, self.weight_scale_2, self.bias, self.backend)
+        return fp4_linear(x, self.weight, self.weight_scale, self.weight_scale_2, self.bias, self.backend, self.aux)
+
+    @torch.no_grad()
+    def prepare(self, backend: str) -> FP4Linear:
+        """Use ``backend`` from now on and compute its load-time data (see module docstring)."""
+        from .backends import PREPARERS, get_backend
+
+        get_backend(backend)  # unknown names fail here, not in the first forward
+        if self.weight.dtype != torch.uint8 and backend != "fp8_resident":
+            raise ValueError("this layer was made fp8-resident; reload the NVFP4 weights to change backend")
+        if backend == "fp8_resident" and self.weight.dtype == torch.uint8:
+            from .backends.w4a8 import make_fp8_resident
+
+            self.weight, self.weight_scale_2 = make_fp8_resident(self.weight, self.weight_scale, self.weight_scale_2)
+            self.weight_scale = self.weight_scale.new_empty((self.out_features, 0))
+        prepare = PREPARERS.get(backend)
+        self.aux = prepare(self.weight_scale) if prepare is not None else None
+        self.backend = backend
+        return self
 
     def dequantized_weight(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
         """The dense ``[N, K]`` weight this module computes with."""
@@ -108,13 +133,15 @@ class FP4Linear(nn.Module):
     def _apply(self, fn, recurse: bool = True):
         # Let nn.Module move the bias like any float tensor; move the quantized buffers
         # to the same device without changing their dtypes.
-        saved = {name: self._buffers.pop(name) for name in _QUANT_BUFFERS}
+        saved = {name: self._buffers.pop(name) for name in _KEEP_DTYPE_BUFFERS}
         try:
             super()._apply(fn, recurse)
         finally:
             for name, t in saved.items():
-                target = fn(torch.empty(0, dtype=t.dtype, device=t.device)).device
-                self._buffers[name] = t if t.device == target else t.to(target)
+                if t is not None:
+                    target = fn(torch.empty(0, dtype=t.dtype, device=t.device)).device
+                    t = t if t.device == target else t.to(target)
+                self._buffers[name] = t
         return self
 
     def extra_repr(self) -> str:

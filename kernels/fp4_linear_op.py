@@ -6,7 +6,7 @@ node per linear and Inductor fuses the element-wise work around it.
 
 Signature::
 
-    fp4_linear(x, weight, weight_scale, alpha, bias, backend) -> y
+    fp4_linear(x, weight, weight_scale, alpha, bias, aux, backend) -> y
 
 with the tensor contract stated in :mod:`kernels.backends`; ``backend`` is a name
 registered there. The op is registered once per process even if this file is
@@ -37,9 +37,10 @@ def _fp4_linear_impl(
     weight_scale: torch.Tensor,
     alpha: torch.Tensor,
     bias: torch.Tensor | None,
+    aux: torch.Tensor | None,
     backend: str,
 ) -> torch.Tensor:
-    return backends.get_backend(backend)(x, weight, weight_scale, alpha, bias)
+    return backends.get_backend(backend)(x, weight, weight_scale, alpha, bias, aux)
 
 
 def _fp4_linear_fake(
@@ -48,6 +49,7 @@ def _fp4_linear_fake(
     weight_scale: torch.Tensor,
     alpha: torch.Tensor,
     bias: torch.Tensor | None,
+    aux: torch.Tensor | None,
     backend: str,
 ) -> torch.Tensor:
     # uint8: packed NVFP4 [N, K/2]; float8_e4m3fn: the fp8_resident backend's decoded [N, K]
@@ -78,6 +80,7 @@ def fp4_linear(
     alpha: torch.Tensor,
     bias: torch.Tensor | None = None,
     backend: str = "reference",
+    aux: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``y = x @ dequant(weight)^T + bias`` through the registered op (see module docstring)."""
-    return getattr(getattr(torch.ops, OP_NAMESPACE), OP_NAME)(x, weight, weight_scale, alpha, bias, backend)
+    return getattr(getattr(torch.ops, OP_NAMESPACE), OP_NAME)(x, weight, weight_scale, alpha, bias, aux, backend)

@@ -194,3 +194,35 @@ def test_compiled_gpu_backend_has_no_graph_break(backend, gen):
     y = compiled(x)
     assert sum(torch._dynamo.utils.counters["graph_break"].values()) == 0
     assert rel_err(y, eager.double().cpu()) < 1e-2
+
+
+def test_fp8_row_shift_is_exact_ceil_log2(gen):
+    import math
+
+    from kernels.backends.fp8_decode import fp8_row_shift
+
+    scales = (torch.rand(256, 40, generator=gen) * 448).clamp_min(2**-9).to(torch.float8_e4m3fn)
+    down = fp8_row_shift(scales)
+    for n in range(256):
+        smax = max(scales[n].float().max().item(), 2**-9)
+        r = torch.tensor(smax, dtype=torch.float32) * torch.tensor(6.0 / 448.0, dtype=torch.float32)
+        assert down[n].item() == 2.0 ** -math.ceil(math.log2(r.item()))
+
+
+@pytest.mark.parametrize("backend", ["w4a8", "fp8_resident", "w4a16", "reference"])
+def test_prepared_module_matches_reference(backend, gen, force_fp8_gemm):
+    from torch import nn
+
+    from kernels import FP4Linear
+
+    dense = nn.Linear(256, 96)
+    ref_module = FP4Linear.from_linear(dense).to(DEVICE, torch.bfloat16)
+    module = FP4Linear.from_linear(dense).to(DEVICE, torch.bfloat16).prepare(backend)
+    assert module.backend == backend
+    if backend == "w4a8":
+        assert module.aux is not None and module.aux.dtype == torch.float32
+        module.to(torch.float16).to(torch.bfloat16)
+        assert module.aux.dtype == torch.float32, ".to(dtype) must not cast the prepared data"
+    x = torch.randn(80, 256, generator=gen).to(DEVICE, torch.bfloat16)
+    ref = float64_reference(x, ref_module.weight, ref_module.weight_scale, ref_module.weight_scale_2, ref_module.bias)
+    assert rel_err(module(x), ref) < BOUND[backend]

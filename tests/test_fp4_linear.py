@@ -111,7 +111,7 @@ def test_op_passes_torch_library_opcheck(with_bias, gen):
     packed, scales, gs = nvfp4_quantize(torch.randn(24, 64, generator=gen))
     x = torch.randn(5, 64, generator=gen, dtype=torch.bfloat16)
     bias = torch.randn(24, generator=gen, dtype=torch.bfloat16) if with_bias else None
-    args = (x, packed, scales, gs, bias, "reference")
+    args = (x, packed, scales, gs, bias, None, "reference")
     torch.library.opcheck(
         torch.ops.nvfp4_flux.fp4_linear.default,
         args,

@@ -1,12 +1,14 @@
 """Backends behind the ``fp4_linear`` op: one module each, one function contract.
 
-A backend is a function ``impl(x, weight, weight_scale, alpha, bias) -> y`` where
+A backend is a function ``impl(x, weight, weight_scale, alpha, bias, aux) -> y`` where
 
 * ``x``: activations ``[..., K]`` (bf16/fp16/fp32), any leading shape;
 * ``weight``: uint8 ``[N, K/2]``, E2M1 codes, even-k element in the low nibble;
 * ``weight_scale``: float8_e4m3fn ``[N, K/16]``, linear layout;
 * ``alpha``: float32, 0-d or ``[N]`` (the weight's global scale);
 * ``bias``: ``[N]`` or ``None``;
+* ``aux``: data a backend prepared once at load (:func:`kernels.FP4Linear.prepare`), or
+  ``None``; a backend that uses it computes it per call when it is ``None``;
 * ``y``: ``[..., N]`` in ``x.dtype``.
 
 Backends register themselves in :data:`BACKENDS` by name. The registry is one
@@ -31,9 +33,19 @@ if not hasattr(_registry, "BACKENDS"):
 BACKENDS: dict[str, BackendImpl] = _registry.BACKENDS
 
 
-def register_backend(name: str, impl: BackendImpl) -> None:
-    """Make ``impl`` callable through the op as ``backend=name``."""
+if not hasattr(_registry, "PREPARERS"):
+    _registry.PREPARERS = {}
+PREPARERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = _registry.PREPARERS
+
+
+def register_backend(
+    name: str, impl: BackendImpl, prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> None:
+    """Make ``impl`` callable through the op as ``backend=name``; ``prepare(weight_scale)``, if
+    given, computes the backend's ``aux`` tensor once at load."""
     BACKENDS[name] = impl
+    if prepare is not None:
+        PREPARERS[name] = prepare
 
 
 def get_backend(name: str) -> BackendImpl:

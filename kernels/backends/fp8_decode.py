@@ -6,7 +6,7 @@ Output ``w8[N, K]`` (e4m3, row-major) and ``col_scale[N]`` (float32) with
 A decoded value ``e2m1 * block_scale`` reaches ``6 * 448 = 2688``, beyond e4m3's 448, and
 small block scales fall into e4m3's subnormals. Each output row therefore gets a
 power-of-two shift ``2**-e[n]`` with ``e[n] = ceil(log2(6 * max_b block_scale[n, b] / 448))``
-(computed exactly from the float bits), so the row's largest value lands in
+(:func:`fp8_row_shift`, exact, computed once at load), so the row's largest value lands in
 ``(224, 448]``; ``col_scale[n] = alpha[n] * 2**e[n]`` undoes it in the GEMM epilogue.
 The one rounding is ``e2m1 * scale * 2**-e`` to e4m3 (nearest even): the product has up to 5
 significant bits and e4m3 keeps 4, so an element moves by at most 1/21 of its value (a mantissa
@@ -23,45 +23,37 @@ from ..autotune import Config, pick_config
 from .fp4_decode_tl import decode_fp4_tile, e4m3_to_f32
 
 
-@triton.jit
-def _row_shift(smax):
-    """Exact ``e = ceil(log2(smax * 6 / 448))`` for positive normal float32 input -> (2**-e, 2**e)."""
-    r = smax * (6.0 / 448.0)
-    bits = r.to(tl.int32, bitcast=True)
-    e = ((bits >> 23) & 0xFF) - 127 + tl.where((bits & 0x7FFFFF) != 0, 1, 0)
-    down = ((127 - e) << 23).to(tl.float32, bitcast=True)
-    up = ((127 + e) << 23).to(tl.float32, bitcast=True)
-    return down, up
+def fp8_row_shift(weight_scale: torch.Tensor) -> torch.Tensor:
+    """Per-row multiplier ``2**-e[n]`` (float32 ``[N]``), ``e = ceil(log2(6 * max_b scale[n, b] / 448))``.
+
+    Exact: ``frexp`` gives ``r = mant * 2**exp`` with ``mant`` in ``[0.5, 1)``, so
+    ``ceil(log2(r))`` is ``exp``, or ``exp - 1`` when ``mant == 0.5``. Computed once at load.
+    """
+    smax = weight_scale.to(torch.float32).abs().amax(dim=1).clamp_min(2.0**-9)
+    mant, exp = torch.frexp(smax * (6.0 / 448.0))
+    e = exp - (mant == 0.5).to(exp.dtype)
+    return torch.ldexp(torch.ones_like(smax), -e)
 
 
 @triton.jit
 def _decode_fp8_kernel(
-    w_ptr, s_ptr, alpha_ptr, out_ptr, col_scale_ptr,
+    w_ptr, s_ptr, alpha_ptr, down_ptr, out_ptr, col_scale_ptr,
     N, K,
     stride_wn, stride_sn, stride_on,
-    ALPHA_PER_ROW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_CHUNK: tl.constexpr,
+    ALPHA_PER_ROW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """Grid (row blocks, K chunks). Each program re-reads its rows' scales (from L2) for the row
-    shift, then decodes one [BLOCK_N, BLOCK_K] tile; the first K chunk writes col_scale."""
+    """Grid (row blocks, K chunks): one [BLOCK_N, BLOCK_K] tile each; K chunk 0 writes col_scale."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
-    offs_c = tl.arange(0, SCALE_CHUNK)
-    smax = tl.full((BLOCK_N,), 2.0**-9, tl.float32)
-    for c0 in range(0, K // 16, SCALE_CHUNK):
-        cc = c0 + offs_c
-        sb = tl.load(
-            s_ptr + offs_n[:, None] * stride_sn + cc[None, :], mask=n_ok[:, None] & (cc < K // 16)[None, :], other=0
-        )
-        smax = tl.maximum(smax, tl.max(tl.abs(e4m3_to_f32(sb)), axis=1))
-    down, up = _row_shift(smax)
+    down = tl.load(down_ptr + offs_n, mask=n_ok, other=1.0)
     if pid_k == 0:
         if ALPHA_PER_ROW:
             alpha = tl.load(alpha_ptr + offs_n, mask=n_ok, other=0.0)
         else:
             alpha = tl.load(alpha_ptr)
-        tl.store(col_scale_ptr + offs_n, alpha * up, mask=n_ok)
+        tl.store(col_scale_ptr + offs_n, alpha / down, mask=n_ok)
 
     k0 = pid_k * BLOCK_K
     kp = k0 // 2 + tl.arange(0, BLOCK_K // 2)
@@ -93,11 +85,15 @@ def decode_nvfp4_to_fp8(
     weight_scale: torch.Tensor,
     alpha: torch.Tensor,
     out: torch.Tensor | None = None,
+    row_shift: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode packed NVFP4 ``[N, K/2]`` to e4m3 ``[N, K]`` plus ``col_scale[N]`` (see module doc).
 
-    ``out`` may be a reused scratch buffer with at least ``N * K`` elements.
+    ``out`` may be a reused scratch buffer with at least ``N * K`` elements; ``row_shift`` is
+    :func:`fp8_row_shift` of ``weight_scale`` when the caller has it (computed here otherwise).
     """
+    if row_shift is None:
+        row_shift = fp8_row_shift(weight_scale)
     n, half_k = weight.shape
     k = half_k * 2
     if out is None:
@@ -109,9 +105,9 @@ def decode_nvfp4_to_fp8(
 
     def launch(cfg: Config) -> None:
         _decode_fp8_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(k, cfg["BLOCK_K"]))](
-            weight, weight_scale.view(torch.uint8), alpha, out, col_scale,
+            weight, weight_scale.view(torch.uint8), alpha, row_shift, out, col_scale,
             n, k, weight.stride(0), weight_scale.stride(0), out.stride(0),
-            ALPHA_PER_ROW=alpha.ndim == 1, SCALE_CHUNK=min(1024, triton.next_power_of_2(k // 16)), **cfg,
+            ALPHA_PER_ROW=alpha.ndim == 1, **cfg,
         )  # fmt: skip
 
     launch(pick_config("fp8_decode", (n, k), DECODE_CANDIDATES, launch))

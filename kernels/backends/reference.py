@@ -19,6 +19,7 @@ def reference_fp4_linear(
     weight_scale: torch.Tensor,
     alpha: torch.Tensor,
     bias: torch.Tensor | None,
+    aux: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``F.linear(x, dequantize(weight) in x.dtype, bias)``."""
     w = nvfp4_dequantize(weight, weight_scale, alpha, dtype=x.dtype)

@@ -141,6 +141,7 @@ def w4a16_fp4_linear(
     weight_scale: torch.Tensor,
     alpha: torch.Tensor,
     bias: torch.Tensor | None,
+    aux: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The op contract's function, computed by the W4A16 Triton kernels (bf16/fp16 activations;
     others go to the reference backend)."""

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from . import register_backend
 from .fp8_act_quant import quantize_act_fp8
-from .fp8_decode import decode_nvfp4_to_fp8
+from .fp8_decode import decode_nvfp4_to_fp8, fp8_row_shift
 from .w4a16 import w4a16_fp4_linear
 
 # At or below this many rows the W4A16 kernels (GEMV up to 4 rows, then a tiled GEMM) beat
@@ -76,15 +76,17 @@ def w4a8_fp4_linear(
     weight_scale: torch.Tensor,
     alpha: torch.Tensor,
     bias: torch.Tensor | None,
+    aux: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The op contract's function: decode once per call, FP8 GEMM (W4A16 for small M)."""
+    """The op contract's function: decode once per call, FP8 GEMM (W4A16 for small M).
+    ``aux`` is the weight's :func:`fp8_row_shift` (prepared at load), or ``None``."""
     n, half_k = weight.shape
     k = half_k * 2
     x2 = x.reshape(-1, k)
     m = x2.shape[0]
     if m <= W4A8_SMALL_M or not fp8_gemm_supports(n, k):
         return w4a16_fp4_linear(x, weight, weight_scale, alpha, bias)
-    w8, col_scale = decode_nvfp4_to_fp8(weight, weight_scale, alpha, out=_scratch_for(x.device, n * k))
+    w8, col_scale = decode_nvfp4_to_fp8(weight, weight_scale, alpha, out=_scratch_for(x.device, n * k), row_shift=aux)
     return fp8_scaled_mm(x2, w8, col_scale, bias, x.dtype).reshape(*x.shape[:-1], n)
 
 
@@ -94,6 +96,7 @@ def fp8_resident_fp4_linear(
     weight_scale: torch.Tensor,
     alpha: torch.Tensor,
     bias: torch.Tensor | None,
+    aux: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Op contract variant: ``weight`` is e4m3 ``[N, K]``, ``alpha`` the column scales ``[N]``;
     ``weight_scale`` is unused (empty)."""
@@ -110,5 +113,5 @@ def make_fp8_resident(
     return decode_nvfp4_to_fp8(weight, weight_scale, alpha)
 
 
-register_backend("w4a8", w4a8_fp4_linear)
+register_backend("w4a8", w4a8_fp4_linear, prepare=fp8_row_shift)
 register_backend("fp8_resident", fp8_resident_fp4_linear)
