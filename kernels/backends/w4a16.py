@@ -5,10 +5,10 @@ The decoded weights (code x e4m3 scale) are exact in bf16 and fp16, so the only 
 the accumulation's. Used on Ampere (no FP8) and, on Hopper/Ada, for small M where the
 weight bytes, not the arithmetic, set the time (modulation rows).
 
-Packed bytes hold the even-k element in the low nibble, so both kernels split the reduction
-into even and odd k: ``x[:, 0::2] @ lo^T + x[:, 1::2] @ hi^T``. That keeps every tensor in the
-layout it was loaded in (no interleaving of nibbles in registers). Block scales are loaded
-once per byte column (``scale[n, k // 16]`` repeats over 8 bytes; the repeats hit L1).
+Weights are loaded as 3-D tiles ``[BLOCK_N, BLOCK_K/16, 8]`` (rows, 16-element blocks, bytes),
+so a block's scale broadcasts over its last axis without reshaping registers. The GEMV applies
+the scale after summing each block's 16 products; the GEMM interleaves the low (even k) and
+high (odd k) nibbles back into a ``[BLOCK_N, BLOCK_K]`` tile for ``tl.dot``.
 
 * ``M <= GEMV_MAX_M``: a GEMV kernel (no tensor cores), one program per (N block, row).
 * otherwise: a tiled ``tl.dot`` GEMM.
@@ -54,14 +54,18 @@ def m_bucket(m: int) -> int:
 
 
 @triton.jit
-def _decoded_halves(w_ptr, s_ptr, offs_n, n_ok, k0, K, stride_wn, stride_sn, BLOCK_K: tl.constexpr):
-    """float32 (lo, hi) ``[BLOCK_N, BLOCK_K/2]``: even-k and odd-k weights times their block scale."""
-    kp = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-    ok = n_ok[:, None] & (kp < K // 2)[None, :]
-    packed = tl.load(w_ptr + offs_n[:, None] * stride_wn + kp[None, :], mask=ok, other=0).to(tl.int32)
-    sbyte = tl.load(s_ptr + offs_n[:, None] * stride_sn + (kp // 8)[None, :], mask=ok, other=0)
-    scale = e4m3_to_f32(sbyte)
-    return e2m1_to_f32(packed & 0xF) * scale, e2m1_to_f32(packed >> 4) * scale
+def _load_block_tiles(w_ptr, s_ptr, offs_n, n_ok, k0, K, stride_wn, stride_sn, BLOCK_K: tl.constexpr):
+    """Packed bytes as ``[BLOCK_N, BLOCK_K/16, 8]`` (int32) and their float32 scales ``[BLOCK_N, BLOCK_K/16]``.
+
+    Byte ``j`` of block ``b`` holds k = 16b + 2j (low nibble) and 16b + 2j + 1 (high nibble)."""
+    blk = k0 // 16 + tl.arange(0, BLOCK_K // 16)
+    byte = blk[:, None] * 8 + tl.arange(0, 8)[None, :]
+    ok = n_ok[:, None, None] & (byte < K // 2)[None, :, :]
+    packed = tl.load(w_ptr + offs_n[:, None, None] * stride_wn + byte[None, :, :], mask=ok, other=0).to(tl.int32)
+    sbyte = tl.load(
+        s_ptr + offs_n[:, None] * stride_sn + blk[None, :], mask=n_ok[:, None] & (blk < K // 16)[None, :], other=0
+    )
+    return packed, e4m3_to_f32(sbyte)
 
 
 @triton.jit
@@ -96,17 +100,18 @@ def _w4a16_gemm_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
     n_ok = offs_n < N
-    even = 2 * tl.arange(0, BLOCK_K // 2)
+    offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        xk = k0 + even
-        x_ok = m_ok[:, None] & (xk < K)[None, :]
-        x_rows = x_ptr + offs_m[:, None] * stride_xm + xk[None, :]
-        x_even = tl.load(x_rows, mask=x_ok, other=0.0)
-        x_odd = tl.load(x_rows + 1, mask=x_ok, other=0.0)
-        lo, hi = _decoded_halves(w_ptr, s_ptr, offs_n, n_ok, k0, K, stride_wn, stride_sn, BLOCK_K)
-        acc = tl.dot(x_even, tl.trans(lo.to(x_even.dtype)), acc)
-        acc = tl.dot(x_odd, tl.trans(hi.to(x_odd.dtype)), acc)
+        kk = k0 + offs_k
+        x = tl.load(
+            x_ptr + offs_m[:, None] * stride_xm + kk[None, :], mask=m_ok[:, None] & (kk < K)[None, :], other=0.0
+        )
+        packed, scale = _load_block_tiles(w_ptr, s_ptr, offs_n, n_ok, k0, K, stride_wn, stride_sn, BLOCK_K)
+        lo = (e2m1_to_f32(packed & 0xF) * scale[:, :, None]).to(x.dtype)
+        hi = (e2m1_to_f32(packed >> 4) * scale[:, :, None]).to(x.dtype)
+        w = tl.reshape(tl.join(lo, hi), [BLOCK_N, BLOCK_K])
+        acc = tl.dot(x, tl.trans(w), acc)
     acc = _epilogue(acc, alpha_ptr, bias_ptr, offs_n[None, :], n_ok[None, :], ALPHA_PER_ROW, HAS_BIAS)
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])  # fmt: skip
@@ -123,14 +128,14 @@ def _w4a16_gemv_kernel(
     row = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
-    even = 2 * tl.arange(0, BLOCK_K // 2)
-    acc = tl.zeros((BLOCK_N, BLOCK_K // 2), dtype=tl.float32)
+    xk = (tl.arange(0, BLOCK_K // 16) * 16)[:, None] + 2 * tl.arange(0, 8)[None, :]  # even k of each byte
+    acc = tl.zeros((BLOCK_N, BLOCK_K // 16), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        xk = k0 + even
-        x_even = tl.load(x_ptr + row * stride_xm + xk, mask=xk < K, other=0.0).to(tl.float32)
-        x_odd = tl.load(x_ptr + row * stride_xm + xk + 1, mask=xk < K, other=0.0).to(tl.float32)
-        lo, hi = _decoded_halves(w_ptr, s_ptr, offs_n, n_ok, k0, K, stride_wn, stride_sn, BLOCK_K)
-        acc += lo * x_even[None, :] + hi * x_odd[None, :]
+        x_even = tl.load(x_ptr + row * stride_xm + k0 + xk, mask=k0 + xk < K, other=0.0).to(tl.float32)
+        x_odd = tl.load(x_ptr + row * stride_xm + k0 + xk + 1, mask=k0 + xk < K, other=0.0).to(tl.float32)
+        packed, scale = _load_block_tiles(w_ptr, s_ptr, offs_n, n_ok, k0, K, stride_wn, stride_sn, BLOCK_K)
+        partial = e2m1_to_f32(packed & 0xF) * x_even[None, :, :] + e2m1_to_f32(packed >> 4) * x_odd[None, :, :]
+        acc += tl.sum(partial, axis=2) * scale
     y = _epilogue(tl.sum(acc, axis=1), alpha_ptr, bias_ptr, offs_n, n_ok, ALPHA_PER_ROW, HAS_BIAS)
     tl.store(y_ptr + row * stride_ym + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
 
