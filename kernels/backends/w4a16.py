@@ -5,10 +5,10 @@ The decoded weights (code x e4m3 scale) are exact in bf16 and fp16, so the only 
 the accumulation's. Used on Ampere (no FP8) and, on Hopper/Ada, for small M where the
 weight bytes, not the arithmetic, set the time (modulation rows).
 
-Weights are loaded as 3-D tiles ``[BLOCK_N, BLOCK_K/16, 8]`` (rows, 16-element blocks, bytes),
-so a block's scale broadcasts over its last axis without reshaping registers. The GEMV applies
-the scale after summing each block's 16 products; the GEMM interleaves the low (even k) and
-high (odd k) nibbles back into a ``[BLOCK_N, BLOCK_K]`` tile for ``tl.dot``.
+The GEMV loads weights as 3-D tiles ``[BLOCK_N, BLOCK_K/16, 8]`` (rows, 16-element blocks,
+bytes), so a block's scale applies to the sum of its 16 products without reshaping registers.
+The GEMM decodes a ``[BLOCK_N, BLOCK_K]`` tile with :func:`decode_fp4_tile` (Triton 3.6 fails
+to compile the 3-D form feeding ``tl.dot`` on sm_90).
 
 * ``M <= GEMV_MAX_M``: a GEMV kernel (no tensor cores), one program per (N block, row).
 * otherwise: a tiled ``tl.dot`` GEMM.
@@ -24,7 +24,7 @@ import triton.language as tl
 
 from ..autotune import Config, pick_config
 from . import register_backend
-from .fp4_decode_tl import e2m1_to_f32, e4m3_to_f32
+from .fp4_decode_tl import decode_fp4_tile, e2m1_to_f32, e4m3_to_f32
 from .reference import reference_fp4_linear
 
 GEMV_MAX_M = 4
@@ -101,16 +101,23 @@ def _w4a16_gemm_kernel(
     m_ok = offs_m < M
     n_ok = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
+    offs_kp = tl.arange(0, BLOCK_K // 2)
+    offs_ks = tl.arange(0, BLOCK_K // 16)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + offs_k
         x = tl.load(
             x_ptr + offs_m[:, None] * stride_xm + kk[None, :], mask=m_ok[:, None] & (kk < K)[None, :], other=0.0
         )
-        packed, scale = _load_block_tiles(w_ptr, s_ptr, offs_n, n_ok, k0, K, stride_wn, stride_sn, BLOCK_K)
-        lo = (e2m1_to_f32(packed & 0xF) * scale[:, :, None]).to(x.dtype)
-        hi = (e2m1_to_f32(packed >> 4) * scale[:, :, None]).to(x.dtype)
-        w = tl.reshape(tl.join(lo, hi), [BLOCK_N, BLOCK_K])
+        kp = k0 // 2 + offs_kp
+        packed = tl.load(
+            w_ptr + offs_n[:, None] * stride_wn + kp[None, :], mask=n_ok[:, None] & (kp < K // 2)[None, :], other=0
+        )
+        ks = k0 // 16 + offs_ks
+        sbyte = tl.load(
+            s_ptr + offs_n[:, None] * stride_sn + ks[None, :], mask=n_ok[:, None] & (ks < K // 16)[None, :], other=0
+        )
+        w = decode_fp4_tile(packed, e4m3_to_f32(sbyte), BLOCK_N, BLOCK_K).to(x.dtype)
         acc = tl.dot(x, tl.trans(w), acc)
     acc = _epilogue(acc, alpha_ptr, bias_ptr, offs_n[None, :], n_ok[None, :], ALPHA_PER_ROW, HAS_BIAS)
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
