@@ -23,12 +23,36 @@ import torch
 from torch import nn
 
 from .fp4_linear_op import fp4_linear
+from .keep_dtypes import KeepQuantDtypes
 from .nvfp4 import BLOCK_SIZE, nvfp4_dequantize, nvfp4_quantize
 
-_KEEP_DTYPE_BUFFERS = ("weight", "weight_scale", "weight_scale_2", "aux")
+
+@torch.no_grad()
+def prepare_for_backend(
+    backend: str, weight: torch.Tensor, weight_scale: torch.Tensor, weight_scale_2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(weight, weight_scale, weight_scale_2, aux)`` as ``backend`` wants them, computed once.
+
+    Most backends keep the NVFP4 tensors and may add an ``aux`` tensor (W4A8: the per-row FP8
+    shift). ``fp8_resident`` returns the FP8 decode instead: e4m3 ``[N, K]``, an empty scale
+    tensor and per-row FP8 scales ``[N]``.
+    """
+    from .backends import PREPARERS, get_backend
+
+    get_backend(backend)  # unknown names fail here, not in the first forward
+    if weight.dtype != torch.uint8 and backend != "fp8_resident":
+        raise ValueError("this layer was made fp8-resident; reload the NVFP4 weights to change backend")
+    if backend == "fp8_resident" and weight.dtype == torch.uint8:
+        from .backends.w4a8 import make_fp8_resident
+
+        n = weight.shape[0]
+        weight, weight_scale_2 = make_fp8_resident(weight, weight_scale, weight_scale_2)
+        weight_scale = weight_scale.new_empty((n, 0))
+    prepare = PREPARERS.get(backend)
+    return weight, weight_scale, weight_scale_2, prepare(weight_scale) if prepare is not None else None
 
 
-class FP4Linear(nn.Module):
+class FP4Linear(KeepQuantDtypes, nn.Module):
     """``y = x @ W^T + b`` with ``W`` stored as NVFP4 (see module docstring for layouts)."""
 
     def __init__(
@@ -111,38 +135,15 @@ class FP4Linear(nn.Module):
     @torch.no_grad()
     def prepare(self, backend: str) -> FP4Linear:
         """Use ``backend`` from now on and compute its load-time data (see module docstring)."""
-        from .backends import PREPARERS, get_backend
-
-        get_backend(backend)  # unknown names fail here, not in the first forward
-        if self.weight.dtype != torch.uint8 and backend != "fp8_resident":
-            raise ValueError("this layer was made fp8-resident; reload the NVFP4 weights to change backend")
-        if backend == "fp8_resident" and self.weight.dtype == torch.uint8:
-            from .backends.w4a8 import make_fp8_resident
-
-            self.weight, self.weight_scale_2 = make_fp8_resident(self.weight, self.weight_scale, self.weight_scale_2)
-            self.weight_scale = self.weight_scale.new_empty((self.out_features, 0))
-        prepare = PREPARERS.get(backend)
-        self.aux = prepare(self.weight_scale) if prepare is not None else None
+        self.weight, self.weight_scale, self.weight_scale_2, self.aux = prepare_for_backend(
+            backend, self.weight, self.weight_scale, self.weight_scale_2
+        )
         self.backend = backend
         return self
 
     def dequantized_weight(self, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
         """The dense ``[N, K]`` weight this module computes with."""
         return nvfp4_dequantize(self.weight, self.weight_scale, self.weight_scale_2, dtype=dtype)
-
-    def _apply(self, fn, recurse: bool = True):
-        # Let nn.Module move the bias like any float tensor; move the quantized buffers
-        # to the same device without changing their dtypes.
-        saved = {name: self._buffers.pop(name) for name in _KEEP_DTYPE_BUFFERS}
-        try:
-            super()._apply(fn, recurse)
-        finally:
-            for name, t in saved.items():
-                if t is not None:
-                    target = fn(torch.empty(0, dtype=t.dtype, device=t.device)).device
-                    t = t if t.device == target else t.to(target)
-                self._buffers[name] = t
-        return self
 
     def extra_repr(self) -> str:
         return (

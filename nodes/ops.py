@@ -1,0 +1,113 @@
+"""Custom operations for ComfyUI's FLUX model: Linear layers that load NVFP4 tensors.
+
+Handed to ComfyUI as ``model_options["custom_operations"]`` (as ComfyUI-GGUF does), so ComfyUI
+builds its own FLUX model, model sampling and ModelPatcher, and every linear whose state dict
+holds NVFP4 tensors (:mod:`kernels.formats` conventions) computes through the pack's op.
+Everything else is ComfyUI's ``manual_cast`` behaviour.
+"""
+
+from __future__ import annotations
+
+import comfy.ops
+import torch
+import torch.nn.functional as F
+
+from ..kernels.fp4_linear import prepare_for_backend
+from ..kernels.fp4_linear_op import fp4_linear
+from ..kernels.keep_dtypes import KeepQuantDtypes
+
+_FP4_KEYS = ("weight", "weight_scale", "weight_scale_2", "input_scale", "dense_weight", "segments", "bias")
+
+
+class LayerShapeError(ValueError):
+    """A layer's tensors do not fit the model ComfyUI built (raised with the layer name)."""
+
+
+class NVFP4Linear(KeepQuantDtypes, comfy.ops.manual_cast.Linear):
+    """``manual_cast.Linear`` that becomes an NVFP4 layer when its state dict has ``weight_scale``."""
+
+    fp4_backend = "reference"  # set per load by :func:`make_nvfp4_ops`
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
+        torch.nn.Module.__init__(self)  # nothing allocated: the state dict brings the tensors
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = None
+        self.bias = None
+        self.is_fp4 = False
+        self.segment_rows: tuple[tuple[bool, int], ...] = ()
+        self.weight_comfy_model_dtype = dtype
+        self.bias_comfy_model_dtype = dtype
+
+    def reset_parameters(self):
+        return None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):  # fmt: skip
+        if prefix + "weight_scale" not in state_dict:
+            w = state_dict.get(prefix + "weight")
+            if w is None:
+                missing_keys.append(prefix + "weight")
+                return
+            if tuple(w.shape) != (self.out_features, self.in_features):
+                raise LayerShapeError(f"{prefix[:-1]}: weight {list(w.shape)}, the model expects "
+                                      f"[{self.out_features}, {self.in_features}]")  # fmt: skip
+            self.weight = torch.nn.Parameter(w, requires_grad=False)
+            b = state_dict.get(prefix + "bias")
+            if b is not None:
+                self.bias = torch.nn.Parameter(b, requires_grad=False)
+            return
+        self._load_fp4(state_dict, prefix)
+
+    def _load_fp4(self, sd, prefix):
+        name = prefix[:-1]
+        t = {k: sd.get(prefix + k) for k in _FP4_KEYS}
+        fp4_rows = t["weight"].shape[0]
+        dense_rows = 0 if t["dense_weight"] is None else t["dense_weight"].shape[0]
+        if t["weight"].shape[1] * 2 != self.in_features or fp4_rows + dense_rows != self.out_features:
+            raise LayerShapeError(f"{name}: NVFP4 weight {list(t['weight'].shape)} (+{dense_rows} dense rows) does "
+                                  f"not fit [{self.out_features}, {self.in_features}]")  # fmt: skip
+        if t["dense_weight"] is not None and t["dense_weight"].shape[1] != self.in_features:
+            raise LayerShapeError(f"{name}: dense rows {list(t['dense_weight'].shape)} do not fit K={self.in_features}")
+        self.weight = None
+        del self.weight
+        w, s, a, aux = prepare_for_backend(self.fp4_backend, t["weight"], t["weight_scale"], t["weight_scale_2"])
+        for key, value in (("weight", w), ("weight_scale", s), ("weight_scale_2", a), ("aux", aux),
+                           ("input_scale", t["input_scale"]), ("dense_weight", t["dense_weight"]),
+                           ("segments", t["segments"])):  # fmt: skip
+            self.register_buffer(key, value)
+        self.bias = None if t["bias"] is None else torch.nn.Parameter(t["bias"], requires_grad=False)
+        if t["segments"] is not None:
+            self.segment_rows = tuple((bool(f), int(r)) for f, r in t["segments"].tolist())
+        self.is_fp4 = True
+
+    def forward(self, x, *args, **kwargs):
+        if not self.is_fp4:
+            return super().forward(x, *args, **kwargs)
+        dev = x.device
+        w, s, a, aux = (None if v is None else v.to(dev, non_blocking=True)
+                        for v in (self.weight, self.weight_scale, self.weight_scale_2, self.aux))  # fmt: skip
+        bias = None if self.bias is None else self.bias.to(dev, x.dtype, non_blocking=True)
+        if not self.segment_rows:
+            return fp4_linear(x, w, s, a, bias, self.fp4_backend, aux)
+        y4 = fp4_linear(x, w, s, a, None, self.fp4_backend, aux)
+        yd = F.linear(x, self.dense_weight.to(dev, x.dtype, non_blocking=True))
+        pieces, i4, idn = [], 0, 0
+        for is_fp4, rows in self.segment_rows:
+            if is_fp4:
+                pieces.append(y4[..., i4 : i4 + rows])
+                i4 += rows
+            else:
+                pieces.append(yd[..., idn : idn + rows])
+                idn += rows
+        y = torch.cat(pieces, dim=-1)
+        return y if bias is None else y + bias
+
+
+def make_nvfp4_ops(backend: str) -> type:
+    """A ``custom_operations`` class whose Linear computes NVFP4 layers with ``backend``."""
+
+    class NVFP4Ops(comfy.ops.manual_cast):
+        class Linear(NVFP4Linear):
+            fp4_backend = backend
+
+    return NVFP4Ops
