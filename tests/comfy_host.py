@@ -8,14 +8,19 @@ written to.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass
 
 PACK_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACK_DIR_NAME = "ComfyUI-NVFP4-FLUX"
+TEST_NODES = pathlib.Path(__file__).resolve().parent / "comfy_test_nodes"
 MODEL_FOLDERS = ("diffusion_models", "loras", "text_encoders", "vae")
 
 
@@ -65,6 +70,9 @@ def make_comfy_home(tmp: pathlib.Path, comfyui: str | os.PathLike) -> ComfyHome:
     link = tmp / "custom_nodes" / PACK_DIR_NAME
     if not link.exists():
         link.symlink_to(PACK_ROOT, target_is_directory=True)
+    test_nodes = tmp / "custom_nodes" / "nvfp4_test_nodes"
+    if not test_nodes.exists():
+        test_nodes.symlink_to(TEST_NODES, target_is_directory=True)
     for folder in MODEL_FOLDERS:
         home.models(folder).mkdir(parents=True, exist_ok=True)
     for folder in ("output", "temp", "user"):
@@ -73,3 +81,69 @@ def make_comfy_home(tmp: pathlib.Path, comfyui: str | os.PathLike) -> ComfyHome:
     lines += [f"  {folder}: models/{folder}\n" for folder in MODEL_FOLDERS]
     home.config.write_text("".join(lines))
     return home
+
+
+class ComfyServer:
+    """ComfyUI running as a server on 127.0.0.1 (a free port), driven over its HTTP API."""
+
+    def __init__(self, home: ComfyHome, *extra_args: str) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.home = home
+        self.log_path = home.root / "comfyui.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "main.py", *home.cli_args(), "--listen", "127.0.0.1", "--port", str(self.port),
+             *extra_args],
+            cwd=home.comfyui, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("ComfyUI exited at start-up:\n" + self.log()[-4000:])
+            try:
+                self.get("/object_info/KSampler")
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError("ComfyUI did not start:\n" + self.log()[-4000:])
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def get(self, route: str) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{route}", timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def run_prompt(self, prompt: dict, timeout: float = 600) -> dict:
+        """Queue an API-format prompt and wait for it; returns its history entry (raises on error)."""
+        body = json.dumps({"prompt": prompt}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/prompt", data=body,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                prompt_id = json.loads(resp.read())["prompt_id"]
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"prompt rejected: {exc.read().decode()[:4000]}") from exc
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history:
+                entry = history[prompt_id]
+                status = entry.get("status", {})
+                if status.get("status_str") == "error":
+                    raise RuntimeError(f"prompt failed: {json.dumps(status.get('messages'))[:4000]}")
+                return entry
+            time.sleep(0.3)
+        raise TimeoutError("prompt did not finish:\n" + self.log()[-4000:])
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
