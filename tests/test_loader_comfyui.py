@@ -44,6 +44,10 @@ def comfy(tmp_path_factory):
     save_file(ff.modelopt_oracle(models / "tiny_modelopt_all"), str(models / "oracle_modelopt_all.safetensors"))
     ff.sglang_from_export(models / "tiny_modelopt", models / "tiny_sglang", base)
     save_file(ff.modelopt_oracle(models / "tiny_sglang"), str(models / "oracle_sglang.safetensors"))
+    schnell = {k: v for k, v in sd.items() if not k.startswith("guidance_in.")}
+    sq, soracle = ff.quantize_layers(schnell, layers)
+    save_file(sq, str(models / "tiny_schnell_nvfp4.safetensors"))
+    save_file(soracle, str(models / "oracle_schnell_nvfp4.safetensors"))
     bad = dict(qsd)
     bad["single_blocks.0.linear2.weight"] = bad["single_blocks.0.linear2.weight"][:, :-8].contiguous()
     bad["single_blocks.0.linear2.weight_scale"] = bad["single_blocks.0.linear2.weight_scale"][:, :-1].contiguous()
@@ -91,6 +95,7 @@ CASES = [
     ("tiny_modelopt/", "oracle_modelopt.safetensors"),
     ("tiny_modelopt_all/", "oracle_modelopt_all.safetensors"),
     ("tiny_sglang/", "oracle_sglang.safetensors"),
+    ("tiny_schnell_nvfp4.safetensors", "oracle_schnell_nvfp4.safetensors"),
 ]
 
 
@@ -112,6 +117,16 @@ def test_two_step_latents_match_dequantized_bf16_model(comfy, name, oracle):
     rel = ((ours - ref).norm() / ref.norm()).item()
     print(f"{name}: relative latent difference {rel:.2e}")
     assert rel < LATENT_REL_BOUND, f"{name}: relative latent difference {rel:.2e}"
+
+
+def test_comfyui_own_loader_reads_our_native_test_file_the_same_way(comfy):
+    """The ComfyUI-native file the tests write is the format ComfyUI itself loads (its own
+    mixed-precision NVFP4 ops): ComfyUI's UNETLoader and this pack agree on it."""
+    theirs = run_latent(comfy, unet_loader("tiny_comfy_nvfp4.safetensors"), "comfy_own_native")
+    ref = run_latent(comfy, unet_loader("oracle_comfy_nvfp4.safetensors"), "ref_native_again")
+    rel = ((theirs - ref).norm() / ref.norm()).item()
+    print(f"ComfyUI's own NVFP4 path vs dequantized bf16: {rel:.2e}")
+    assert rel < LATENT_REL_BOUND
 
 
 def test_bad_layer_shape_is_a_clear_error_naming_file_and_layer(comfy):
