@@ -9,9 +9,9 @@ Per call, for ``x[M, K]`` and a packed NVFP4 weight ``[N, K/2]``:
 3. ``torch._scaled_mm`` (cuBLAS FP8, QGMMA on sm_90) with the row scales of ``x``, the
    column scales ``alpha[n] * 2**e[n]`` and the bias in its epilogue; bf16 out.
 
-Small M (modulation rows, a few tokens) is bound by weight bytes, not arithmetic: there the
-W4A16 kernel, which reads the 4-bit weights directly, is faster, and it also takes shapes
-cuBLAS FP8 cannot (N or K not a multiple of 16).
+Small M (modulation rows) is bound by weight bytes, not arithmetic: there the W4A16 GEMV, which
+reads the 4-bit weights directly, is used; W4A16 also takes shapes cuBLAS FP8 cannot (N or K not
+a multiple of 16).
 
 The ``fp8_resident`` backend is step 2-3 only, for weights decoded once at load
 (:func:`make_fp8_resident`): more VRAM (1 byte per weight), less work per call.
@@ -27,9 +27,9 @@ from .fp8_act_quant import quantize_act_fp8
 from .fp8_decode import decode_nvfp4_to_fp8, fp8_row_shift
 from .w4a16 import w4a16_fp4_linear
 
-# At or below this many rows the W4A16 kernels (GEMV up to 4 rows, then a tiled GEMM) beat
-# decode + FP8 GEMM (measured on H100, see bench/NOTES.md).
-W4A8_SMALL_M = 64
+# At or below this many rows the W4A16 GEMV beats decode + FP8 GEMM; from 5 rows on the FP8 path
+# is faster than the W4A16 tiled GEMM (bench/h200_gemm_v3.json probe rows, bench/NOTES.md).
+W4A8_SMALL_M = 4
 
 _scratch: dict[torch.device, torch.Tensor] = {}
 
