@@ -226,3 +226,17 @@ def test_prepared_module_matches_reference(backend, gen, force_fp8_gemm):
     x = torch.randn(80, 256, generator=gen).to(DEVICE, torch.bfloat16)
     ref = float64_reference(x, ref_module.weight, ref_module.weight_scale, ref_module.weight_scale_2, ref_module.bias)
     assert rel_err(module(x), ref) < BOUND[backend]
+
+
+@pytest.mark.parametrize("use_lut", [0, 1])
+def test_gemv_decodes_alike_with_and_without_pair_table(use_lut, gen, monkeypatch):
+    import kernels.backends.w4a16 as w4a16
+
+    monkeypatch.setattr(
+        w4a16, "GEMV_CANDIDATES", [c for c in w4a16.GEMV_CANDIDATES if c["USE_LUT"] == use_lut], raising=True
+    )
+    monkeypatch.setattr("kernels.autotune._cache", {})
+    packed, scale, gs = quantized_layer(200, 272, gen)
+    x = torch.randn(2, 272, generator=gen).to(torch.bfloat16).to(DEVICE)
+    y = fp4_linear(x, packed, scale, gs, None, "w4a16")
+    assert rel_err(y, float64_reference(x, packed, scale, gs, None)) < BOUND["w4a16"]

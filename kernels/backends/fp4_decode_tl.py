@@ -13,8 +13,33 @@ Packed bytes hold the even-k element in the low nibble (ModelOpt order).
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
+
+from ..e2m1 import e2m1_decode
+
+_pair_tables: dict[torch.device, torch.Tensor] = {}
+
+
+def e2m1_pair_table(device: torch.device) -> torch.Tensor:
+    """int32 ``[256]``: for a packed byte, the bf16 bits of its low-nibble value in bits 0-15 and
+    of its high-nibble value in bits 16-31 (E2M1 values are exact in bf16). Cached per device."""
+    table = _pair_tables.get(device)
+    if table is None:
+        byte = torch.arange(256)
+        top16 = lambda v: v.to(torch.float32).view(torch.int32) >> 16  # noqa: E731
+        lo = top16(e2m1_decode(byte & 0xF)) & 0xFFFF
+        hi = top16(e2m1_decode(byte >> 4))
+        table = ((hi << 16) | lo).to(torch.int32).to(device)
+        _pair_tables[device] = table
+    return table
+
+
+@triton.jit
+def e2m1_pair_to_f32(pair):
+    """Entries of :func:`e2m1_pair_table` -> float32 (low-nibble value, high-nibble value)."""
+    return (pair << 16).to(tl.float32, bitcast=True), ((pair >> 16) << 16).to(tl.float32, bitcast=True)
 
 
 @triton.jit

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from ..autotune import Config, pick_config
 from . import register_backend
-from .fp4_decode_tl import decode_fp4_tile, e2m1_to_f32, e4m3_to_f32
+from .fp4_decode_tl import decode_fp4_tile, e2m1_pair_table, e2m1_pair_to_f32, e2m1_to_f32, e4m3_to_f32
 from .reference import reference_fp4_linear
 
 GEMV_MAX_M = 4
@@ -43,7 +43,8 @@ def _gemm_candidates(m: int) -> list[Config]:
 
 
 GEMV_CANDIDATES: list[Config] = [
-    {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w}
+    {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "USE_LUT": lut}
+    for lut in (1, 0)
     for bn, bk, w in [(32, 256, 4), (16, 512, 4), (64, 256, 8), (32, 512, 8), (8, 1024, 4), (64, 128, 4)]
 ]
 
@@ -126,11 +127,14 @@ def _w4a16_gemm_kernel(
 
 @triton.jit
 def _w4a16_gemv_kernel(
-    x_ptr, w_ptr, s_ptr, alpha_ptr, bias_ptr, y_ptr,
+    x_ptr, w_ptr, s_ptr, alpha_ptr, bias_ptr, y_ptr, lut_ptr,
     N, K,
     stride_xm, stride_wn, stride_sn, stride_ym,
     ALPHA_PER_ROW: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    USE_LUT: tl.constexpr,
 ):  # fmt: skip
+    """USE_LUT: decode each byte with one load from the 256-entry pair table (L1) instead of
+    the nibble arithmetic."""
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -141,7 +145,11 @@ def _w4a16_gemv_kernel(
         x_even = tl.load(x_ptr + row * stride_xm + k0 + xk, mask=k0 + xk < K, other=0.0).to(tl.float32)
         x_odd = tl.load(x_ptr + row * stride_xm + k0 + xk + 1, mask=k0 + xk < K, other=0.0).to(tl.float32)
         packed, scale = _load_block_tiles(w_ptr, s_ptr, offs_n, n_ok, k0, K, stride_wn, stride_sn, BLOCK_K)
-        partial = e2m1_to_f32(packed & 0xF) * x_even[None, :, :] + e2m1_to_f32(packed >> 4) * x_odd[None, :, :]
+        if USE_LUT:
+            lo, hi = e2m1_pair_to_f32(tl.load(lut_ptr + packed))
+        else:
+            lo, hi = e2m1_to_f32(packed & 0xF), e2m1_to_f32(packed >> 4)
+        partial = lo * x_even[None, :, :] + hi * x_odd[None, :, :]
         acc += tl.sum(partial, axis=2) * scale
     y = _epilogue(tl.sum(acc, axis=1), alpha_ptr, bias_ptr, offs_n, n_ok, ALPHA_PER_ROW, HAS_BIAS)
     tl.store(y_ptr + row * stride_ym + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
@@ -176,7 +184,9 @@ def w4a16_fp4_linear(
     if m <= GEMV_MAX_M:
 
         def launch(cfg: Config) -> None:
-            _w4a16_gemv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), m)](*args, n, k, *strides, **flags, **cfg)
+            _w4a16_gemv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), m)](
+                *args, e2m1_pair_table(x.device), n, k, *strides, **flags, **cfg
+            )
 
         launch(pick_config("w4a16_gemv", (m, n, k, str(x.dtype)), GEMV_CANDIDATES, launch))
     else:
