@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ..autotune import Config, pick_config
-from .fp4_decode_tl import e2m1_pair_table, e2m1_pair_to_f32, e4m3_to_f32
+from .fp4_decode_tl import decode_fp4_tile, e4m3_to_f32
 
 
 def fp8_row_shift(weight_scale: torch.Tensor) -> torch.Tensor:
@@ -37,15 +37,12 @@ def fp8_row_shift(weight_scale: torch.Tensor) -> torch.Tensor:
 
 @triton.jit
 def _decode_fp8_kernel(
-    w_ptr, s_ptr, alpha_ptr, down_ptr, out16_ptr, col_scale_ptr, lut_ptr,
+    w_ptr, s_ptr, alpha_ptr, down_ptr, out_ptr, col_scale_ptr,
     N, K,
-    stride_wn, stride_sn, stride_on16,
+    stride_wn, stride_sn, stride_on,
     ALPHA_PER_ROW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """Grid (row blocks, K chunks). Each packed byte becomes one int16 of output: the e4m3 of its
-    low nibble (even k) in the low byte and of its high nibble in the high byte, which is the
-    row-major e4m3 layout on a little-endian GPU; no interleaving in registers. K chunk 0 also
-    writes col_scale."""
+    """Grid (row blocks, K chunks): one [BLOCK_N, BLOCK_K] tile each; K chunk 0 writes col_scale."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -58,18 +55,22 @@ def _decode_fp8_kernel(
             alpha = tl.load(alpha_ptr)
         tl.store(col_scale_ptr + offs_n, alpha / down, mask=n_ok)
 
-    blk = pid_k * (BLOCK_K // 16) + tl.arange(0, BLOCK_K // 16)
-    byte = blk[:, None] * 8 + tl.arange(0, 8)[None, :]  # [blocks, 8] byte columns
-    ok = n_ok[:, None, None] & (byte < K // 2)[None, :, :]
-    packed = tl.load(w_ptr + offs_n[:, None, None] * stride_wn + byte[None, :, :], mask=ok, other=0)
-    sb = tl.load(
-        s_ptr + offs_n[:, None] * stride_sn + blk[None, :], mask=n_ok[:, None] & (blk < K // 16)[None, :], other=0
+    k0 = pid_k * BLOCK_K
+    kp = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    packed = tl.load(
+        w_ptr + offs_n[:, None] * stride_wn + kp[None, :], mask=n_ok[:, None] & (kp < K // 2)[None, :], other=0
     )
-    scale = (e4m3_to_f32(sb) * down[:, None])[:, :, None]
-    lo, hi = e2m1_pair_to_f32(tl.load(lut_ptr + packed.to(tl.int32)))
-    lo8 = (lo * scale).to(tl.float8e4nv, fp_downcast_rounding="rtne").to(tl.uint8, bitcast=True).to(tl.int16)
-    hi8 = (hi * scale).to(tl.float8e4nv, fp_downcast_rounding="rtne").to(tl.uint8, bitcast=True).to(tl.int16)
-    tl.store(out16_ptr + offs_n[:, None, None] * stride_on16 + byte[None, :, :], lo8 | (hi8 << 8), mask=ok)
+    ks = k0 // 16 + tl.arange(0, BLOCK_K // 16)
+    sb = tl.load(
+        s_ptr + offs_n[:, None] * stride_sn + ks[None, :], mask=n_ok[:, None] & (ks < K // 16)[None, :], other=0
+    )
+    w = decode_fp4_tile(packed, e4m3_to_f32(sb) * down[:, None], BLOCK_N, BLOCK_K)
+    kk = k0 + tl.arange(0, BLOCK_K)
+    tl.store(
+        out_ptr + offs_n[:, None] * stride_on + kk[None, :],
+        w.to(tl.float8e4nv, fp_downcast_rounding="rtne"),
+        mask=n_ok[:, None] & (kk < K)[None, :],
+    )
 
 
 # (BLOCK_N rows, BLOCK_K columns per step, warps); the first is the untuned default
@@ -101,12 +102,11 @@ def decode_nvfp4_to_fp8(
         out = out.view(-1)[: n * k].view(n, k)
     col_scale = torch.empty(n, dtype=torch.float32, device=weight.device)
     alpha = alpha.to(torch.float32)
-    out16 = out.view(torch.int16)  # one int16 per packed byte (row-major e4m3 pairs)
 
     def launch(cfg: Config) -> None:
         _decode_fp8_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(k, cfg["BLOCK_K"]))](
-            weight, weight_scale.view(torch.uint8), alpha, row_shift, out16, col_scale, e2m1_pair_table(weight.device),
-            n, k, weight.stride(0), weight_scale.stride(0), out16.stride(0),
+            weight, weight_scale.view(torch.uint8), alpha, row_shift, out, col_scale,
+            n, k, weight.stride(0), weight_scale.stride(0), out.stride(0),
             ALPHA_PER_ROW=alpha.ndim == 1, **cfg,
         )  # fmt: skip
 
