@@ -76,8 +76,9 @@ def _decode_fp8_kernel(
 # (BLOCK_N rows, BLOCK_K columns per step, warps); the first is the untuned default
 DECODE_CANDIDATES: list[Config] = [
     {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w}
-    for bn, bk, w in [(32, 512, 4), (16, 1024, 4), (64, 256, 4), (32, 1024, 8), (16, 512, 4), (64, 512, 8)]
-]
+    for bn, bk, w in [(32, 512, 4), (16, 1024, 4), (64, 256, 4), (32, 1024, 8), (16, 512, 4), (64, 512, 8),
+                      (64, 1024, 8), (32, 2048, 8), (128, 512, 8), (16, 2048, 8), (128, 256, 8), (8, 2048, 4)]
+]  # fmt: skip
 
 
 def decode_nvfp4_to_fp8(
