@@ -27,9 +27,9 @@ from .fp8_act_quant import quantize_act_fp8
 from .fp8_decode import decode_nvfp4_to_fp8, fp8_row_shift
 from .w4a16 import w4a16_fp4_linear
 
-# At or below this many rows the W4A16 GEMV beats decode + FP8 GEMM; from 5 rows on the FP8 path
-# is faster than the W4A16 tiled GEMM (bench/h200_gemm_v3.json probe rows, bench/NOTES.md).
-W4A8_SMALL_M = 4
+# At or below this many rows the W4A16 GEMV (which decodes once per row) beats decode + FP8 GEMM:
+# 1.21x bf16 at M = 1, 0.35x at M = 4 where the FP8 path gives 0.62x (bench/h100_gemm_v6.json).
+W4A8_SMALL_M = 1
 
 _scratch: dict[torch.device, torch.Tensor] = {}
 
