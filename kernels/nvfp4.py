@@ -41,7 +41,7 @@ def nvfp4_global_scale(w: torch.Tensor) -> torch.Tensor:
 def nvfp4_block_scales(w: torch.Tensor, global_scale: torch.Tensor) -> torch.Tensor:
     """E4M3 block scales ``[N, K/16]`` (linear layout) for ``w`` under ``global_scale``."""
     n, k = w.shape
-    block_amax = w.view(n, k // BLOCK_SIZE, BLOCK_SIZE).abs().amax(dim=-1).float()
+    block_amax = w.reshape(n, k // BLOCK_SIZE, BLOCK_SIZE).abs().amax(dim=-1).float()
     scale = block_amax / (E2M1_MAX * global_scale.to(block_amax.device))
     scale[scale == 0] = 1.0
     return scale.clamp(min=E4M3_MIN_SCALE, max=E4M3_MAX).to(torch.float8_e4m3fn)
@@ -59,11 +59,16 @@ def _check_weight(w: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def nvfp4_quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def nvfp4_quantize(
+    w: torch.Tensor, global_scale: torch.Tensor | None = None, row_chunk: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize a 2-D weight to NVFP4 exactly as ModelOpt does.
 
     Args:
         w: ``[N, K]`` float32/bfloat16/float16, K a multiple of 16, all finite.
+        global_scale: use this per-tensor scale instead of ``amax(|w|) / 2688`` (ModelOpt's export
+            shares one across q/k/v so they can be fused; pass the group's scale to match it).
+        row_chunk: rows quantized at a time (bounds the float32 temporaries; same result).
 
     Returns:
         ``(packed uint8 [N, K/2] low-nibble-first, block_scale e4m3 [N, K/16] linear,
@@ -74,15 +79,22 @@ def nvfp4_quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     """
     _check_weight(w)
     n, k = w.shape
-    global_scale = nvfp4_global_scale(w)
+    if global_scale is None:
+        global_scale = nvfp4_global_scale(w)
+    global_scale = global_scale.to(device=w.device, dtype=torch.float32).reshape(())
     if global_scale == 0:
         packed = torch.zeros((n, k // 2), dtype=torch.uint8, device=w.device)
         ones = torch.ones((n, k // BLOCK_SIZE), dtype=torch.float32, device=w.device)
         return packed, ones.to(torch.float8_e4m3fn), global_scale
-    block_scale = nvfp4_block_scales(w, global_scale)
-    divisor = (block_scale.to(torch.float32) * global_scale).unsqueeze(-1)
-    scaled = (w.view(n, k // BLOCK_SIZE, BLOCK_SIZE) / divisor).view(n, k)
-    packed = pack_nibbles(e2m1_encode(scaled), "lo")
+    packed = torch.empty((n, k // 2), dtype=torch.uint8, device=w.device)
+    block_scale = torch.empty((n, k // BLOCK_SIZE), dtype=torch.float8_e4m3fn, device=w.device)
+    for r0 in range(0, n, row_chunk):
+        rows = w[r0 : r0 + row_chunk]
+        scale = nvfp4_block_scales(rows, global_scale)
+        divisor = (scale.to(torch.float32) * global_scale).unsqueeze(-1)
+        scaled = (rows.reshape(rows.shape[0], k // BLOCK_SIZE, BLOCK_SIZE) / divisor).view(rows.shape[0], k)
+        packed[r0 : r0 + row_chunk] = pack_nibbles(e2m1_encode(scaled), "lo")
+        block_scale[r0 : r0 + row_chunk] = scale
     return packed, block_scale, global_scale
 
 
