@@ -23,7 +23,8 @@ from kernels.formats.writer import StreamingSafetensorsWriter  # noqa: E402
 def flux1_shapes(guidance: bool = True) -> list[tuple[str, tuple[int, ...]]]:
     h, m = HIDDEN, MLP
     linears = [("img_in", (h, 64)), ("txt_in", (h, 4096)), ("time_in.in_layer", (h, 256)),
-               ("time_in.out_layer", (h, h)), ("vector_in.in_layer", (h, 768)), ("vector_in.out_layer", (h, h))]  # fmt: skip
+               ("time_in.out_layer", (h, h)), ("vector_in.in_layer", (h, 768)),
+               ("vector_in.out_layer", (h, h))]  # fmt: skip
     if guidance:
         linears += [("guidance_in.in_layer", (h, 256)), ("guidance_in.out_layer", (h, h))]
     norms = []
@@ -31,7 +32,8 @@ def flux1_shapes(guidance: bool = True) -> list[tuple[str, tuple[int, ...]]]:
         p = f"double_blocks.{i}"
         for s in ("img", "txt"):
             linears += [(f"{p}.{s}_mod.lin", (6 * h, h)), (f"{p}.{s}_attn.qkv", (3 * h, h)),
-                        (f"{p}.{s}_attn.proj", (h, h)), (f"{p}.{s}_mlp.0", (m, h)), (f"{p}.{s}_mlp.2", (h, m))]  # fmt: skip
+                        (f"{p}.{s}_attn.proj", (h, h)), (f"{p}.{s}_mlp.0", (m, h)),
+                        (f"{p}.{s}_mlp.2", (h, m))]  # fmt: skip
             norms += [f"{p}.{s}_attn.norm.query_norm.scale", f"{p}.{s}_attn.norm.key_norm.scale"]
     for i in range(SINGLE_BLOCKS):
         p = f"single_blocks.{i}"
