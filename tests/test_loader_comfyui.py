@@ -129,6 +129,20 @@ def test_comfyui_own_loader_reads_our_native_test_file_the_same_way(comfy):
     assert rel < LATENT_REL_BOUND
 
 
+def test_warmup_node_returns_the_same_model(comfy):
+    """NVFP4Warmup between the loader and KSampler: same latents as without it."""
+    prompt = sample_prompt(nvfp4_loader("tiny_comfy_nvfp4.safetensors"), "warmed")
+    prompt["7"] = {"class_type": "NVFP4Warmup", "inputs": {"model": ["1", 0], "width": 64, "height": 64,
+                                                          "batch_size": 1, "text_tokens": 8}}  # fmt: skip
+    prompt["5"]["inputs"]["model"] = ["7", 0]
+    entry = comfy.run_prompt(prompt)
+    info = entry["outputs"]["6"]["latents"][0]
+    warmed = load_file(str(pathlib.Path(comfy.home.root) / "output" / info["subfolder"] / info["filename"]))
+    plain = run_latent(comfy, nvfp4_loader("tiny_comfy_nvfp4.safetensors"), "unwarmed")
+    assert torch.equal(warmed["latent_tensor"].float(), plain)
+    assert "NVFP4 warmup:" in comfy.log()
+
+
 def test_bad_layer_shape_is_a_clear_error_naming_file_and_layer(comfy):
     with pytest.raises(RuntimeError) as err:
         comfy.run_prompt(sample_prompt(nvfp4_loader("bad_shape.safetensors"), "bad"))

@@ -1,0 +1,67 @@
+"""Run every distinct FP4 GEMM shape of a FLUX model once, tuning kernel configs outside of
+sampling and ``torch.compile`` tracing. No ComfyUI imports (the node in ``nodes/warmup.py`` wraps it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+
+import torch
+
+from . import autotune
+from .flux_shapes import image_tokens
+from .fp4_linear_op import fp4_linear
+
+# which token count a FLUX block linear sees, by its (BFL) module name
+_ROWS = [
+    (re.compile(r"(^|\.)(double_blocks\.\d+\.(img|txt)_mod\.lin|single_blocks\.\d+\.modulation\.lin)$"), "batch"),
+    (re.compile(r"(^|\.)double_blocks\.\d+\.img_"), "image"),
+    (re.compile(r"(^|\.)double_blocks\.\d+\.txt_"), "text"),
+    (re.compile(r"(^|\.)single_blocks\.\d+\."), "joint"),
+    (re.compile(r"(^|\.)final_layer\.adaLN_modulation"), "batch"),
+    (re.compile(r"(^|\.)final_layer\.linear"), "image"),
+]
+
+
+def rows_for(name: str, width: int, height: int, batch: int, text_tokens: int) -> int | None:
+    """Rows (M) of the GEMM the FLUX layer ``name`` runs at this resolution and batch."""
+    counts = {"batch": batch, "image": image_tokens(width, height) * batch, "text": text_tokens * batch}
+    counts["joint"] = counts["image"] + counts["text"]
+    for pattern, kind in _ROWS:
+        if pattern.search(name):
+            return counts[kind]
+    return None
+
+
+def warmup_fp4_layers(
+    layers: Iterable[tuple[str, torch.nn.Module]],
+    device: torch.device,
+    dtype: torch.dtype,
+    width: int,
+    height: int,
+    batches: Iterable[int],
+    text_tokens: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, int]:
+    """Run each distinct (M, N, K, backend) once with tuning on; returns counts of what ran."""
+    work: dict[tuple, tuple[torch.nn.Module, int]] = {}
+    for name, module in layers:
+        for batch in batches:
+            m = rows_for(name, width, height, batch, text_tokens)
+            if m is None:
+                continue
+            key = (m, module.weight.shape[0], module.in_features, module.fp4_backend, module.weight.dtype)
+            work.setdefault(key, (module, m))
+    before = dict(autotune.stats)
+    with autotune.tuning_enabled(), torch.no_grad():
+        for i, (module, m) in enumerate(work.values()):
+            x = torch.randn(m, module.in_features, device=device, dtype=dtype)
+            tensors = [None if t is None else t.to(device) for t in
+                       (module.weight, module.weight_scale, module.weight_scale_2, module.aux)]  # fmt: skip
+            fp4_linear(x, tensors[0], tensors[1], tensors[2], None, module.fp4_backend, tensors[3])
+            if progress is not None:
+                progress(i + 1, len(work))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return {"shapes": len(work), **{k: autotune.stats[k] - before[k] for k in before}}
