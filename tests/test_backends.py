@@ -242,3 +242,17 @@ def test_gemv_decodes_alike_with_and_without_pair_table(use_lut, gen, monkeypatc
     x = torch.randn(2, 272, generator=gen).to(torch.bfloat16).to(DEVICE)
     y = fp4_linear(x, packed, scale, gs, None, "w4a16")
     assert rel_err(y, float64_reference(x, packed, scale, gs, None)) < BOUND["w4a16"]
+
+
+def test_torch_decode_matches_the_kernel_byte_for_byte(gen):
+    """fp8_resident prepared on the CPU at load (torch ops) equals the Triton decode."""
+    from kernels.backends.fp8_decode import decode_nvfp4_to_fp8, decode_nvfp4_to_fp8_torch, fp8_row_shift
+
+    w = torch.randn(96, 272, generator=gen) * torch.logspace(-2, 1, 96).unsqueeze(1)
+    packed, scale, gs = nvfp4_quantize(w)
+    alpha = gs * torch.exp2(torch.randint(-2, 3, (96,), generator=gen).float())
+    shift = fp8_row_shift(scale)
+    w8_t, col_t = decode_nvfp4_to_fp8_torch(packed, scale, alpha, shift)
+    w8_k, col_k = decode_nvfp4_to_fp8(packed.to(DEVICE), scale.to(DEVICE), alpha.to(DEVICE), row_shift=shift.to(DEVICE))
+    assert torch.equal(w8_t.view(torch.uint8), w8_k.cpu().view(torch.uint8))
+    assert torch.equal(col_t, col_k.cpu())

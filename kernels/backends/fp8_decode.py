@@ -15,12 +15,36 @@ of 1.3125 is a tie and goes to 1.25); about half the products are exact.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from ..autotune import Config, pick_config
+from ..e2m1 import e2m1_decode, unpack_nibbles
 from .fp4_decode_tl import decode_fp4_tile, e4m3_to_f32
+
+
+def decode_nvfp4_to_fp8_torch(
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    alpha: torch.Tensor,
+    row_shift: torch.Tensor,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same decode in torch ops (for CPU tensors, e.g. ``fp8_resident`` prepared at load):
+    identical float32 arithmetic and round-to-nearest-even, so identical bytes."""
+    n, half_k = weight.shape
+    k = half_k * 2
+    values = e2m1_decode(unpack_nibbles(weight, "lo")).view(n, k // 16, 16)
+    scale = (weight_scale.to(torch.float32) * row_shift.unsqueeze(1)).unsqueeze(-1)
+    w8 = (values * scale).view(n, k).to(torch.float8_e4m3fn)
+    if out is not None:
+        out = out.view(-1)[: n * k].view(n, k)
+        out.copy_(w8)
+        w8 = out
+    return w8, alpha.to(torch.float32) / row_shift
 
 
 def fp8_row_shift(weight_scale: torch.Tensor) -> torch.Tensor:
@@ -95,6 +119,8 @@ def decode_nvfp4_to_fp8(
     """
     if row_shift is None:
         row_shift = fp8_row_shift(weight_scale)
+    if not weight.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        return decode_nvfp4_to_fp8_torch(weight, weight_scale, alpha, row_shift, out)
     n, half_k = weight.shape
     k = half_k * 2
     if out is None:
