@@ -14,9 +14,29 @@ from kernels import fp4_linear, nvfp4_dequantize, nvfp4_quantize
 from kernels.dispatch import choose_backend
 from kernels.triton_support import HAS_TRITON
 
-pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
-
 DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
+
+
+def _cpu_run_unsupported() -> str:
+    """Why this environment cannot run the Triton kernels on the CPU ('' if it can)."""
+    if HAS_CUDA:
+        return ""
+    import numpy
+
+    if tuple(int(p) for p in numpy.__version__.split(".")[:2]) >= (2, 4):
+        return f"Triton 3.6's CPU interpreter breaks on numpy {numpy.__version__} (needs < 2.4)"
+    try:
+        a = torch.zeros(16, 16).to(torch.float8_e4m3fn)
+        torch._scaled_mm(a, a.t(), scale_a=torch.ones(16, 1), scale_b=torch.ones(1, 16), out_dtype=torch.bfloat16)
+    except RuntimeError:
+        return f"torch {torch.__version__} has no row-wise _scaled_mm on the CPU (2.13 has)"
+    return ""
+
+
+pytestmark = [
+    pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed"),
+    pytest.mark.skipif(bool(_cpu_run_unsupported()), reason=_cpu_run_unsupported() or "-"),
+]
 
 # Relative error bounds against the float64 product of the dequantized weights and the activations.
 # W4A16: decoded weights are exact in bf16/fp16; what remains is output rounding (~2^-9).
