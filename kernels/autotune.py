@@ -73,11 +73,6 @@ def save_cache_file(path: str | os.PathLike, device: torch.device | None = None)
     tmp.replace(path)
 
 
-def cached_configs() -> dict[str, Config]:
-    with _lock:
-        return dict(_cache)
-
-
 @contextlib.contextmanager
 def tuning_enabled() -> Iterator[None]:
     """Inside this block, configs missing from the cache are benchmarked and cached."""

@@ -42,11 +42,6 @@ def _scratch_for(device: torch.device, numel: int) -> torch.Tensor:
     return buf
 
 
-def release_scratch() -> None:
-    """Free the per-device FP8 scratch buffers (they are re-made on the next call)."""
-    _scratch.clear()
-
-
 def fp8_gemm_supports(n: int, k: int) -> bool:
     """cuBLAS FP8 needs N and K multiples of 16."""
     return n % 16 == 0 and k % 16 == 0
