@@ -14,6 +14,7 @@ import torch
 
 from ..kernels.dispatch import AUTO, BACKEND_NAMES, choose_backend, log_choice_once
 from ..kernels.formats import CheckpointError, load_flux_state_dict
+from .lora import enable_nvfp4_lora
 from .ops import LayerShapeError, make_nvfp4_ops
 
 log = logging.getLogger("nvfp4_flux")
@@ -76,6 +77,7 @@ def load_nvfp4_flux(path: str, options: dict, disable_dynamic: bool = False):
     if patcher is None:
         raise CheckpointError(path, "ComfyUI could not detect the model type of the converted state dict")
     patcher.cached_patcher_init = (load_nvfp4_flux, (path, dict(options)))
+    enable_nvfp4_lora(patcher)
     log.info(
         "NVFP4 FLUX.1-%s from %s (%s layout): %d NVFP4 linears, %d bf16, %d mixed; backend %s",
         state.variant, path, state.layout.producer, len(state.fp4_layers), len(state.dense_layers),

@@ -8,6 +8,8 @@ Everything else is ComfyUI's ``manual_cast`` behaviour.
 
 from __future__ import annotations
 
+import logging
+
 import comfy.ops
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,10 @@ import torch.nn.functional as F
 from ..kernels.fp4_linear import prepare_for_backend
 from ..kernels.fp4_linear_op import fp4_linear
 from ..kernels.keep_dtypes import KeepQuantDtypes
+from ..kernels.nvfp4 import nvfp4_dequantize
+from .lora import build_side_branch, patched_dense_weight
+
+log = logging.getLogger("nvfp4_flux")
 
 _FP4_KEYS = ("weight", "weight_scale", "weight_scale_2", "input_scale", "dense_weight", "segments", "bias")
 
@@ -35,6 +41,8 @@ class NVFP4Linear(KeepQuantDtypes, comfy.ops.manual_cast.Linear):
         self.bias = None
         self.is_fp4 = False
         self.segment_rows: tuple[tuple[bool, int], ...] = ()
+        self.lora_a = self.lora_b = self.dense_override = None  # set by LoRA patches (nodes/lora.py)
+        self._lowvram_patches_id = None
         self.weight_comfy_model_dtype = dtype
         self.bias_comfy_model_dtype = dtype
 
@@ -71,7 +79,10 @@ class NVFP4Linear(KeepQuantDtypes, comfy.ops.manual_cast.Linear):
         self.weight = None
         del self.weight
         w, s, a, aux = prepare_for_backend(self.fp4_backend, t["weight"], t["weight_scale"], t["weight_scale_2"])
-        for key, value in (("weight", w), ("weight_scale", s), ("weight_scale_2", a), ("aux", aux),
+        # the packed weight is a Parameter, so ComfyUI's ModelPatcher counts it and routes patches
+        # for "<layer>.weight" here; the scales are buffers
+        self.weight = torch.nn.Parameter(w, requires_grad=False)
+        for key, value in (("weight_scale", s), ("weight_scale_2", a), ("aux", aux),
                            ("input_scale", t["input_scale"]), ("dense_weight", t["dense_weight"]),
                            ("segments", t["segments"])):  # fmt: skip
             self.register_buffer(key, value)
@@ -80,9 +91,68 @@ class NVFP4Linear(KeepQuantDtypes, comfy.ops.manual_cast.Linear):
             self.segment_rows = tuple((bool(f), int(r)) for f, r in t["segments"].tolist())
         self.is_fp4 = True
 
+    # ----- LoRA (see nodes/lora.py)
+    def set_patches(self, patches: list, key: str, device=None) -> None:
+        device = device if device is not None else self.weight.device
+        branch = build_side_branch(patches, self.out_features, self.compute_dtype(), device)
+        if branch is not None:
+            self.lora_a, self.lora_b = branch
+            self.dense_override = None
+        else:
+            log.info("NVFP4: %s has a patch that is not low-rank: layer dequantized to bf16 while patched", key)
+            self.dense_override = patched_dense_weight(self.dequantized_weight(device), patches, key).to(
+                self.compute_dtype()
+            )
+            self.lora_a = self.lora_b = None
+
+    def clear_patches(self) -> None:
+        self.lora_a = self.lora_b = self.dense_override = None
+        self._lowvram_patches_id = None
+
+    def compute_dtype(self) -> torch.dtype:
+        return self.weight_comfy_model_dtype or torch.bfloat16
+
+    def dequantized_weight(self, device=None) -> torch.Tensor:
+        """The dense ``[N, K]`` weight (float32) this layer computes with, on ``device``."""
+        device = device if device is not None else self.weight.device
+        w = self.weight.to(device)
+        if w.dtype == torch.uint8:
+            dense = nvfp4_dequantize(w, self.weight_scale.to(device), self.weight_scale_2.to(device),
+                                     dtype=torch.float32)  # fmt: skip
+        else:  # fp8_resident
+            dense = w.to(torch.float32) * self.weight_scale_2.to(device).unsqueeze(1)
+        if not self.segment_rows:
+            return dense
+        dense_rows = self.dense_weight.to(device, torch.float32)
+        pieces, i4, idn = [], 0, 0
+        for is_fp4, rows in self.segment_rows:
+            pieces.append(dense[i4 : i4 + rows] if is_fp4 else dense_rows[idn : idn + rows])
+            i4, idn = (i4 + rows, idn) if is_fp4 else (i4, idn + rows)
+        return torch.cat(pieces)
+
+    def _lowvram_lora(self) -> None:
+        """Partial loads hand patches over as LowVramPatch weight functions: use them as a side branch."""
+        for fn in self.weight_function:
+            patches = getattr(fn, "patches", None)
+            key = getattr(fn, "key", None)
+            if patches is not None and key in patches and id(patches[key]) != self._lowvram_patches_id:
+                self.set_patches(patches[key], key)
+                self._lowvram_patches_id = id(patches[key])
+
     def forward(self, x, *args, **kwargs):
         if not self.is_fp4:
             return super().forward(x, *args, **kwargs)
+        if self.weight_function:
+            self._lowvram_lora()
+        if self.dense_override is not None:
+            bias = None if self.bias is None else self.bias.to(x.device, x.dtype)
+            return F.linear(x, self.dense_override.to(x.device, x.dtype), bias)
+        y = self._fp4_forward(x)
+        if self.lora_a is not None:
+            y = y + F.linear(F.linear(x, self.lora_a.to(x.device, x.dtype)), self.lora_b.to(x.device, x.dtype))
+        return y
+
+    def _fp4_forward(self, x):
         dev = x.device
         w, s, a, aux = (None if v is None else v.to(dev, non_blocking=True)
                         for v in (self.weight, self.weight_scale, self.weight_scale_2, self.aux))  # fmt: skip
