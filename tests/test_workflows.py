@@ -23,7 +23,7 @@ def load(name: str) -> tuple[dict, dict]:
 
 
 def test_there_are_workflows_with_and_without_compile():
-    assert {"flux1-dev-nvfp4-compile", "flux1-dev-nvfp4"} <= set(NAMES)
+    assert {"flux1-dev-nvfp4-compile", "flux1-dev-nvfp4", "flux1-dev-nvfp4-lora"} <= set(NAMES)
 
 
 def test_files_are_what_the_generator_writes(tmp_path):

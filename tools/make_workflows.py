@@ -23,13 +23,14 @@ MODELS = {  # public files ComfyUI can offer to download (properties.models of t
 PROMPT = "a red fox reading a newspaper in a sunlit cafe, photograph, 35mm"
 
 
-def graph(compile_model: bool) -> list[dict]:
+def graph(compile_model: bool, lora: bool = False) -> list[dict]:
     """Nodes: id, type, widgets (ordered name -> value), links (input -> (node id, slot, type)), outputs."""
     model_src = 3 if compile_model else 2
+    warmup_src = 13 if lora else 1
     nodes = [
         dict(id=1, type="NVFP4FluxLoader", outputs=["MODEL"],
              widgets={"model_name": "flux1-dev-nvfp4.safetensors", "backend": "auto", "compute_dtype": "bf16"}),
-        dict(id=2, type="NVFP4Warmup", outputs=["MODEL"], links={"model": (1, 0, "MODEL")},
+        dict(id=2, type="NVFP4Warmup", outputs=["MODEL"], links={"model": (warmup_src, 0, "MODEL")},
              widgets={"width": 1024, "height": 1024, "batch_size": 1, "text_tokens": 512}),
         dict(id=4, type="DualCLIPLoader", outputs=["CLIP"],
              widgets={"clip_name1": "clip_l.safetensors", "clip_name2": "t5xxl_fp16.safetensors", "type": "flux",
@@ -56,6 +57,9 @@ def graph(compile_model: bool) -> list[dict]:
     if compile_model:
         nodes.insert(2, dict(id=3, type="TorchCompileModel", outputs=["MODEL"], links={"model": (2, 0, "MODEL")},
                              widgets={"backend": "inductor"}))  # fmt: skip
+    if lora:  # ComfyUI's own LoRA node; on NVFP4 layers the LoRA runs as a side branch
+        nodes.insert(1, dict(id=13, type="LoraLoaderModelOnly", outputs=["MODEL"], links={"model": (1, 0, "MODEL")},
+                             widgets={"lora_name": "flux1-dev-lora.safetensors", "strength_model": 1.0}))  # fmt: skip
     return nodes
 
 
@@ -104,15 +108,16 @@ def to_ui(nodes: list[dict]) -> dict:
 
 
 WORKFLOWS = {
-    "flux1-dev-nvfp4-compile": True,  # loader -> warmup -> TorchCompileModel -> KSampler
-    "flux1-dev-nvfp4": False,  # the same without compile (GPUs / Windows without Triton)
+    "flux1-dev-nvfp4-compile": (True, False),  # loader -> warmup -> TorchCompileModel -> KSampler
+    "flux1-dev-nvfp4": (False, False),  # the same without compile (GPUs / Windows without Triton)
+    "flux1-dev-nvfp4-lora": (True, True),  # loader -> LoraLoaderModelOnly -> warmup -> compile -> KSampler
 }
 
 
 def main() -> None:
     OUT.mkdir(exist_ok=True)
-    for name, compile_model in WORKFLOWS.items():
-        nodes = graph(compile_model)
+    for name, (compile_model, lora) in WORKFLOWS.items():
+        nodes = graph(compile_model, lora)
         (OUT / f"{name}.json").write_text(json.dumps(to_ui(nodes), indent=1) + "\n")
         (OUT / f"{name}.api.json").write_text(json.dumps(to_api(nodes), indent=1) + "\n")
         print(f"wrote workflows/{name}.json and workflows/{name}.api.json")
