@@ -37,6 +37,9 @@ def comfy(tmp_path_factory):
     layers = ff.block_linears(dims)
     qsd, oracle = ff.quantize_layers(sd, layers)
     ff.write_comfy_native(models / "tiny_comfy_nvfp4.safetensors", qsd, layers)
+    from kernels.formats.build import build_checkpoint  # the build tool, on the same bf16 weights
+
+    build_checkpoint(models / "tiny_bf16.safetensors", models / "built_nvfp4.safetensors", preset="all-linear")
     save_file(oracle, str(models / "oracle_comfy_nvfp4.safetensors"))
     base = ff.modelopt_export(dims, models / "tiny_modelopt", seed=7)
     save_file(ff.modelopt_oracle(models / "tiny_modelopt"), str(models / "oracle_modelopt.safetensors"))
@@ -96,6 +99,7 @@ CASES = [
     ("tiny_modelopt_all/", "oracle_modelopt_all.safetensors"),
     ("tiny_sglang/", "oracle_sglang.safetensors"),
     ("tiny_schnell_nvfp4.safetensors", "oracle_schnell_nvfp4.safetensors"),
+    ("built_nvfp4.safetensors", "oracle_comfy_nvfp4.safetensors"),  # tools/build_nvfp4_checkpoint.py output
 ]
 
 
@@ -119,13 +123,14 @@ def test_two_step_latents_match_dequantized_bf16_model(comfy, name, oracle):
     assert rel < LATENT_REL_BOUND, f"{name}: relative latent difference {rel:.2e}"
 
 
-def test_comfyui_own_loader_reads_our_native_test_file_the_same_way(comfy):
-    """The ComfyUI-native file the tests write is the format ComfyUI itself loads (its own
-    mixed-precision NVFP4 ops): ComfyUI's UNETLoader and this pack agree on it."""
-    theirs = run_latent(comfy, unet_loader("tiny_comfy_nvfp4.safetensors"), "comfy_own_native")
-    ref = run_latent(comfy, unet_loader("oracle_comfy_nvfp4.safetensors"), "ref_native_again")
+@pytest.mark.parametrize("name", ["tiny_comfy_nvfp4.safetensors", "built_nvfp4.safetensors"])
+def test_comfyui_own_loader_reads_native_files_the_same_way(comfy, name):
+    """The ComfyUI-native files (the tests' and the build tool's) are the format ComfyUI itself
+    loads with its own mixed-precision NVFP4 ops: ComfyUI's UNETLoader and this pack agree."""
+    theirs = run_latent(comfy, unet_loader(name), f"comfy_own_{name.split('.')[0]}")
+    ref = run_latent(comfy, unet_loader("oracle_comfy_nvfp4.safetensors"), f"ref_{name.split('.')[0]}")
     rel = ((theirs - ref).norm() / ref.norm()).item()
-    print(f"ComfyUI's own NVFP4 path vs dequantized bf16: {rel:.2e}")
+    print(f"ComfyUI's own NVFP4 path on {name} vs dequantized bf16: {rel:.2e}")
     assert rel < LATENT_REL_BOUND
 
 
