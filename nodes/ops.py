@@ -25,6 +25,18 @@ log = logging.getLogger("nvfp4_flux")
 _FP4_KEYS = ("weight", "weight_scale", "weight_scale_2", "input_scale", "dense_weight", "segments", "bias")
 
 
+def in_segment_order(fp4_part: torch.Tensor, dense_part: torch.Tensor, segments, dim: int) -> torch.Tensor:
+    """Interleave the NVFP4 rows and the dense rows of a mixed layer back into output order
+    (``segments``: ``(is_fp4, rows)`` pairs); ``dim`` is the output-row axis (0 for weights,
+    -1 for activations)."""
+    pieces, used = [], {True: 0, False: 0}
+    for is_fp4, rows in segments:
+        source = fp4_part if is_fp4 else dense_part
+        pieces.append(source.narrow(dim, used[is_fp4], rows))
+        used[is_fp4] += rows
+    return torch.cat(pieces, dim=dim)
+
+
 class LayerShapeError(ValueError):
     """A layer's tensors do not fit the model ComfyUI built (raised with the layer name)."""
 
@@ -123,12 +135,7 @@ class NVFP4Linear(KeepQuantDtypes, comfy.ops.manual_cast.Linear):
             dense = w.to(torch.float32) * self.weight_scale_2.to(device).unsqueeze(1)
         if not self.segment_rows:
             return dense
-        dense_rows = self.dense_weight.to(device, torch.float32)
-        pieces, i4, idn = [], 0, 0
-        for is_fp4, rows in self.segment_rows:
-            pieces.append(dense[i4 : i4 + rows] if is_fp4 else dense_rows[idn : idn + rows])
-            i4, idn = (i4 + rows, idn) if is_fp4 else (i4, idn + rows)
-        return torch.cat(pieces)
+        return in_segment_order(dense, self.dense_weight.to(device, torch.float32), self.segment_rows, dim=0)
 
     def _lowvram_lora(self) -> None:
         """Partial loads hand patches over as LowVramPatch weight functions: use them as a side branch."""
@@ -161,15 +168,7 @@ class NVFP4Linear(KeepQuantDtypes, comfy.ops.manual_cast.Linear):
             return fp4_linear(x, w, s, a, bias, self.fp4_backend, aux)
         y4 = fp4_linear(x, w, s, a, None, self.fp4_backend, aux)
         yd = F.linear(x, self.dense_weight.to(dev, x.dtype, non_blocking=True))
-        pieces, i4, idn = [], 0, 0
-        for is_fp4, rows in self.segment_rows:
-            if is_fp4:
-                pieces.append(y4[..., i4 : i4 + rows])
-                i4 += rows
-            else:
-                pieces.append(yd[..., idn : idn + rows])
-                idn += rows
-        y = torch.cat(pieces, dim=-1)
+        y = in_segment_order(y4, yd, self.segment_rows, dim=-1)
         return y if bias is None else y + bias
 
 

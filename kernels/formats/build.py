@@ -18,13 +18,15 @@ does and one BFL tensor cannot hold both), or ``custom`` with glob patterns.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
+import logging
 import os
 import pathlib
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -33,7 +35,7 @@ from ..e2m1 import swap_nibbles
 from ..nvfp4 import nvfp4_dequantize, nvfp4_global_scale, nvfp4_quantize
 from ..scale_layout import swizzle_scales, swizzled_shape
 from .errors import CheckpointError
-from .flux_keys import diffusers_linear_maps
+from .flux_keys import diffusers_linear_maps, diffusers_other_keys
 from .source import CheckpointSource, open_checkpoint
 from .writer import StreamingSafetensorsWriter
 
@@ -54,6 +56,7 @@ PRESETS_DIFFUSERS = {
     "sglang-flux1": ("transformer_blocks.*.attn.*", "single_transformer_blocks.*.attn.*",
                      "single_transformer_blocks.*.proj_out"),
 }  # fmt: skip
+log = logging.getLogger("nvfp4_flux")
 QKV_GROUPS = (("attn.to_q", "attn.to_k", "attn.to_v"), ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"))
 
 
@@ -77,6 +80,23 @@ class BuildSummary:
             f"  relative weight error (Frobenius, per layer): {stats}",
             f"  time: {self.seconds:.0f} s",
         ]
+
+
+@contextlib.contextmanager
+def folder_written_atomically(output: pathlib.Path) -> Iterator[pathlib.Path]:
+    """Yield a fresh ``<output>.partial`` folder; on success it replaces ``output``, on any error
+    (Ctrl-C included) it is removed and ``output`` is untouched."""
+    partial = output.with_name(output.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(partial, output)
 
 
 def _selected(name: str, patterns) -> bool:
@@ -155,12 +175,14 @@ def _bfl_plan(src: CheckpointSource) -> list[tuple[str, list[str]]]:
             if all(p in back for p in parts):
                 plan.append((f"{m.bfl}.{leaf}", [back[p] for p in parts]))
                 used.update(parts)
-    from .flux_keys import diffusers_other_keys
-
     for d, b in diffusers_other_keys(keys).items():
         if d in back:
             plan.append((b, [back[d]]))
             used.add(d)
+    left = sorted(set(back) - used)
+    if left:
+        log.warning("%s: %d tensors have no FLUX.1 BFL name and are not written (e.g. %s)", src.path, len(left),
+                    left[:3])  # fmt: skip
     return plan
 
 
@@ -260,18 +282,9 @@ def _build_diffusers(src, output, preset, quantize, keep, progress) -> BuildSumm
                       (f"{layer}.weight_scale_2", torch.float32, ())]  # fmt: skip
         else:
             specs.append((key, dtype, tuple(shape)))
-    final, output = output, output.with_name(output.name + ".partial")
-    shutil.rmtree(output, ignore_errors=True)
-    output.mkdir(parents=True)
-    try:
-        summary = _write_diffusers(src, output, specs, keys, quant, group_of, linears, progress)
-    except BaseException:
-        shutil.rmtree(output, ignore_errors=True)
-        raise
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(output, final)
-    summary.output = str(final)
+    with folder_written_atomically(output) as partial:
+        summary = _write_diffusers(src, partial, specs, keys, quant, group_of, linears, progress)
+    summary.output = str(output)
     return summary
 
 

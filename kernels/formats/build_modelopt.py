@@ -15,9 +15,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
-import os
 import pathlib
-import shutil
 import tempfile
 import time
 
@@ -25,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .build import BuildSummary, _prepare_output
+from .build import BuildSummary, _prepare_output, folder_written_atomically
 from .errors import CheckpointError
 from .source import open_checkpoint
 
@@ -114,19 +112,10 @@ def build_with_modelopt(
     else:
         quant_cfg.update({p: {"enable": False} for p in MODELOPT_EXCLUDES})
     mtq.quantize(model, cfg, forward_loop=loop)
-    partial = output.with_name(output.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            export_hf_checkpoint(model, export_dir=tmp)
-            del model
-            summary = _mixed_rewrite(pathlib.Path(tmp), partial, src, BF16_BY_PRESET[preset])
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if output.exists():
-        shutil.rmtree(output)
-    os.replace(partial, output)
+    with folder_written_atomically(output) as partial, tempfile.TemporaryDirectory() as tmp:
+        export_hf_checkpoint(model, export_dir=tmp)
+        del model
+        summary = _mixed_rewrite(pathlib.Path(tmp), partial, src, BF16_BY_PRESET[preset])
     summary.output = str(output)
     summary.bytes_in = src.size_bytes()
     summary.seconds = time.time() - t0
@@ -156,7 +145,6 @@ def _mixed_rewrite(export_dir: pathlib.Path, out_dir: pathlib.Path, src, bf16_pa
     qc["ignore"] = sorted(set(qc.get("ignore", [])) | back_to_bf16)
     qc["quant_type"] = "NVFP4"
     qc["swap_weight_nibbles"] = False
-    out_dir.mkdir(parents=True)
     (out_dir / "config.json").write_text(json.dumps(config, indent=1))
     save_file(
         out, str(out_dir / "diffusion_pytorch_model.safetensors"), metadata={"quantization_config": json.dumps(qc)}
