@@ -36,6 +36,7 @@ from ..nvfp4 import nvfp4_dequantize, nvfp4_global_scale, nvfp4_quantize
 from ..scale_layout import swizzle_scales, swizzled_shape
 from .errors import CheckpointError
 from .flux_keys import diffusers_linear_maps, diffusers_other_keys
+from .flux_state_dict import strip_prefix
 from .source import CheckpointSource, open_checkpoint
 from .writer import StreamingSafetensorsWriter
 
@@ -103,13 +104,6 @@ def _selected(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def _strip(key: str) -> str:
-    for p in ("model.diffusion_model.", "diffusion_model."):
-        if key.startswith(p):
-            return key[len(p) :]
-    return key
-
-
 def _rel_err(w: torch.Tensor, packed, scale, gs) -> float:
     deq = nvfp4_dequantize(packed, scale, gs, dtype=torch.float32)
     wf = w.float()
@@ -161,8 +155,8 @@ def build_checkpoint(
 
 def _bfl_plan(src: CheckpointSource) -> list[tuple[str, list[str]]]:
     """(BFL key, source keys concatenated along dim 0), in output order."""
-    keys = [_strip(k) for k in src.keys]
-    back = {_strip(k): k for k in src.keys}
+    keys = [strip_prefix(k) for k in src.keys]
+    back = {strip_prefix(k): k for k in src.keys}
     if any(k.startswith("double_blocks.") for k in keys):
         return [(k, [back[k]]) for k in keys]
     if not any(k.startswith("transformer_blocks.") for k in keys):
@@ -236,7 +230,7 @@ def _build_bfl(src, output, preset, quantize, keep, progress) -> BuildSummary:
 
 
 def _is_diffusers(src: CheckpointSource) -> bool:
-    return any(_strip(k).startswith("transformer_blocks.") for k in src.keys)
+    return any(strip_prefix(k).startswith("transformer_blocks.") for k in src.keys)
 
 
 def _dtype_shape(src: CheckpointSource, parts: list[str]) -> tuple[torch.dtype, list[int]]:

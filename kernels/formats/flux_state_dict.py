@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,7 +33,7 @@ import torch
 
 from ..e2m1 import swap_nibbles
 from ..nvfp4 import nvfp4_dequantize
-from ..scale_layout import unswizzle_scales
+from ..scale_layout import swizzled_shape, unswizzle_scales
 from .errors import CheckpointError
 from .flux_keys import diffusers_linear_maps, diffusers_other_keys
 from .source import CheckpointSource, open_checkpoint
@@ -117,7 +118,7 @@ def _check_claim(path, where: str, claim: dict) -> None:
 
 
 def detect_layout(src: CheckpointSource) -> Layout:
-    keys = [_strip(k) for k in src.keys]
+    keys = [strip_prefix(k) for k in src.keys]
     if any(k.startswith(("double_stream_modulation", "double_blocks.0.img_mlp.gate_proj")) for k in keys):
         raise CheckpointError(src.path, "this is not FLUX.1 (FLUX.2/other DiT keys found); the loader reads FLUX.1")
     bfl = any(k.startswith(("double_blocks.", "single_blocks.")) for k in keys)
@@ -149,7 +150,8 @@ def detect_layout(src: CheckpointSource) -> Layout:
     return Layout(producer, naming, order, "linear", evidence)
 
 
-def _strip(key: str) -> str:
+def strip_prefix(key: str) -> str:
+    """A key without the ``model.diffusion_model.`` / ``diffusion_model.`` prefix of full checkpoints."""
     for p in _STRIP_PREFIXES:
         if key.startswith(p):
             return key[len(p) :]
@@ -178,7 +180,7 @@ class _Part:
 class _Reader:
     def __init__(self, src: CheckpointSource, layout: Layout, progress: ProgressFn | None) -> None:
         self.src, self.layout, self.progress = src, layout, progress
-        self.index = {_strip(k): k for k in src.keys}
+        self.index = {strip_prefix(k): k for k in src.keys}
         self.used: set[str] = set()
         self.done = 0
 
@@ -237,7 +239,7 @@ class _Reader:
         if scale.dtype != torch.float8_e4m3fn:
             raise CheckpointError(path, f"weight_scale must be float8_e4m3fn, got {scale.dtype}", layer=name)
         if self.layout.scale_layout == "swizzled":
-            if scale.numel() != _swizzled_numel(n, k // 16):
+            if scale.numel() != math.prod(swizzled_shape(n, k // 16)):
                 raise CheckpointError(path, f"weight_scale {list(scale.shape)} does not fit the tiled layout of a "
                                       f"[{n}, {k}] weight", layer=name)  # fmt: skip
             scale = unswizzle_scales(scale, n, k // 16)
@@ -258,10 +260,6 @@ class _Reader:
         if self.layout.nibble_order == "hi":
             packed = swap_nibbles(packed)
         return packed, scale.contiguous(), alpha
-
-
-def _swizzled_numel(rows: int, cols: int) -> int:
-    return ((rows + 127) // 128 * 128) * ((cols + 3) // 4 * 4)
 
 
 # ----------------------------------------------------------------------------- fusion
