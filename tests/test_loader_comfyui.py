@@ -173,6 +173,25 @@ def test_api_workflow_runs_with_the_small_model(comfy):
     assert torch.isfinite(latent["latent_tensor"]).all()
 
 
+def test_build_node_writes_a_checkpoint_the_loader_reads(comfy):
+    prompt = {"1": {"class_type": "NVFP4BuildCheckpoint", "inputs": {
+        "source": "tiny_bf16.safetensors", "preset": "all-linear", "output_name": "node_built.safetensors",
+        "overwrite": True}}}  # fmt: skip
+    entry = comfy.run_prompt(prompt)
+    assert any("layers quantized to NVFP4" in line for line in entry["outputs"]["1"]["text"])
+    ours = run_latent(comfy, nvfp4_loader("node_built.safetensors"), "node_built")
+    ref = run_latent(comfy, unet_loader("oracle_comfy_nvfp4.safetensors"), "node_built_ref")
+    assert ((ours - ref).norm() / ref.norm()).item() < LATENT_REL_BOUND
+
+
+def test_build_node_refuses_to_overwrite(comfy):
+    prompt = {"1": {"class_type": "NVFP4BuildCheckpoint", "inputs": {
+        "source": "tiny_bf16.safetensors", "preset": "all-linear", "output_name": "tiny_comfy_nvfp4.safetensors",
+        "overwrite": False}}}  # fmt: skip
+    with pytest.raises(RuntimeError, match="already exists"):
+        comfy.run_prompt(prompt)
+
+
 def test_bad_layer_shape_is_a_clear_error_naming_file_and_layer(comfy):
     with pytest.raises(RuntimeError) as err:
         comfy.run_prompt(sample_prompt(nvfp4_loader("bad_shape.safetensors"), "bad"))
