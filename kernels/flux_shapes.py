@@ -54,3 +54,39 @@ def flux_block_gemms(width: int = 1024, height: int = 1024, batch: int = 1, text
         GemmShape("single_blocks.*.linear1", img + txt, h, 3 * h + MLP, s),
         GemmShape("single_blocks.*.linear2", img + txt, h + MLP, h, s),
     ]
+
+
+def flux1_bfl_shapes(
+    hidden: int = HIDDEN,
+    double_blocks: int = DOUBLE_BLOCKS,
+    single_blocks: int = SINGLE_BLOCKS,
+    context: int = 4096,
+    pooled: int = 768,
+    guidance: bool = True,
+) -> list[tuple[str, tuple[int, ...]]]:
+    """Every tensor of a FLUX.1 transformer in BFL names, in file order: ``weight`` and ``bias`` of
+    each linear (MLP 4x hidden, 64 latent channels after patching) and the QK-norm ``scale``s of
+    128-wide heads. Defaults are FLUX.1-dev; ``guidance=False`` is schnell."""
+    h, m = hidden, 4 * hidden
+    linears = [("img_in", (h, 64)), ("txt_in", (h, context)), ("time_in.in_layer", (h, 256)),
+               ("time_in.out_layer", (h, h)), ("vector_in.in_layer", (h, pooled)),
+               ("vector_in.out_layer", (h, h))]  # fmt: skip
+    if guidance:
+        linears += [("guidance_in.in_layer", (h, 256)), ("guidance_in.out_layer", (h, h))]
+    norms = []
+    for i in range(double_blocks):
+        p = f"double_blocks.{i}"
+        for s in ("img", "txt"):
+            linears += [(f"{p}.{s}_mod.lin", (6 * h, h)), (f"{p}.{s}_attn.qkv", (3 * h, h)),
+                        (f"{p}.{s}_attn.proj", (h, h)), (f"{p}.{s}_mlp.0", (m, h)),
+                        (f"{p}.{s}_mlp.2", (h, m))]  # fmt: skip
+            norms += [f"{p}.{s}_attn.norm.query_norm.scale", f"{p}.{s}_attn.norm.key_norm.scale"]
+    for i in range(single_blocks):
+        p = f"single_blocks.{i}"
+        linears += [(f"{p}.modulation.lin", (3 * h, h)), (f"{p}.linear1", (3 * h + m, h)), (f"{p}.linear2", (h, h + m))]
+        norms += [f"{p}.norm.query_norm.scale", f"{p}.norm.key_norm.scale"]
+    linears += [("final_layer.adaLN_modulation.1", (2 * h, h)), ("final_layer.linear", (64, h))]
+    out: list[tuple[str, tuple[int, ...]]] = []
+    for name, shape in linears:
+        out += [(f"{name}.weight", shape), (f"{name}.bias", (shape[0],))]
+    return out + [(n, (128,)) for n in norms]

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from kernels import nvfp4_dequantize, nvfp4_quantize, swap_nibbles, swizzle_scales
+from kernels.flux_shapes import flux1_bfl_shapes
 
 CTX, VEC, HEAD = 64, 32, 128
 
@@ -37,35 +38,26 @@ def dims_for_host(comfyui_path: str) -> Dims:
     return Dims(128 if derives_heads else 3072)
 
 
-def linear_shapes(d: Dims) -> dict[str, tuple[int, int]]:
-    h, m = d.hidden, d.mlp
-    shapes = {"img_in": (h, 64), "txt_in": (h, CTX), "time_in.in_layer": (h, 256), "time_in.out_layer": (h, h),
-              "vector_in.in_layer": (h, VEC), "vector_in.out_layer": (h, h), "guidance_in.in_layer": (h, 256),
-              "guidance_in.out_layer": (h, h), "final_layer.linear": (64, h),
-              "final_layer.adaLN_modulation.1": (2 * h, h)}  # fmt: skip
-    double = {"img_mod.lin": (6 * h, h), "txt_mod.lin": (6 * h, h), "img_attn.qkv": (3 * h, h),
-              "txt_attn.qkv": (3 * h, h), "img_attn.proj": (h, h), "txt_attn.proj": (h, h), "img_mlp.0": (m, h),
-              "img_mlp.2": (h, m), "txt_mlp.0": (m, h), "txt_mlp.2": (h, m)}  # fmt: skip
-    single = {"modulation.lin": (3 * h, h), "linear1": (3 * h + m, h), "linear2": (h, h + m)}
-    shapes.update({f"double_blocks.0.{k}": v for k, v in double.items()})
-    shapes.update({f"single_blocks.0.{k}": v for k, v in single.items()})
-    return shapes
+def tensor_shapes(d: Dims) -> list[tuple[str, tuple[int, ...]]]:
+    return flux1_bfl_shapes(d.hidden, double_blocks=1, single_blocks=1, context=CTX, pooled=VEC)
 
 
 def block_linears(d: Dims) -> list[str]:
-    return [k for k in linear_shapes(d) if k.startswith(("double_blocks.", "single_blocks."))]
+    return [n[: -len(".weight")] for n, _ in tensor_shapes(d)
+            if n.endswith(".weight") and n.startswith(("double_blocks.", "single_blocks."))]  # fmt: skip
 
 
 def bfl_bf16_state_dict(d: Dims, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """Random FLUX.1-dev (1 double + 1 single block) in BFL names (bf16), std ~ 1/sqrt(K) like trained layers."""
-    shapes = linear_shapes(d)
     sd = {}
-    for name, (n, k) in shapes.items():
-        sd[f"{name}.weight"] = (torch.randn(n, k, generator=gen) / k**0.5).to(torch.bfloat16)
-        sd[f"{name}.bias"] = (torch.randn(n, generator=gen) * 0.02).to(torch.bfloat16)
-    for norm in ("double_blocks.0.img_attn.norm", "double_blocks.0.txt_attn.norm", "single_blocks.0.norm"):
-        for which in ("query_norm", "key_norm"):
-            sd[f"{norm}.{which}.scale"] = (1 + 0.1 * torch.randn(HEAD, generator=gen)).to(torch.bfloat16)
+    for name, shape in tensor_shapes(d):
+        if name.endswith(".scale"):
+            t = 1 + 0.1 * torch.randn(shape, generator=gen)
+        elif name.endswith(".bias"):
+            t = torch.randn(shape, generator=gen) * 0.02
+        else:
+            t = torch.randn(shape, generator=gen) / shape[1] ** 0.5
+        sd[name] = t.to(torch.bfloat16)
     return sd
 
 

@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-FP8_MAX = 448.0
-MIN_SCALE = 1e-12
+FP8_MAX = tl.constexpr(448.0)
+MIN_SCALE = tl.constexpr(1e-12)  # an all-zero row gets this scale (and zero codes) instead of 0/0
 SINGLE_SWEEP_MAX_K = 16384
 
 
@@ -23,8 +23,8 @@ def _act_quant_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, BLOCK_K: tl.
     offs = tl.arange(0, BLOCK_K)
     if ONE_SWEEP:
         x = tl.load(x_ptr + row * stride_xm + offs, mask=offs < K, other=0.0).to(tl.float32)
-        scale = tl.maximum(tl.max(tl.abs(x), axis=0) / 448.0, 1e-12)
-        q = tl.minimum(tl.maximum(x * (1.0 / scale), -448.0), 448.0)
+        scale = tl.maximum(tl.max(tl.abs(x), axis=0) / FP8_MAX, MIN_SCALE)
+        q = tl.minimum(tl.maximum(x * (1.0 / scale), -FP8_MAX), FP8_MAX)
         tl.store(q_ptr + row * stride_qm + offs, q.to(tl.float8e4nv, fp_downcast_rounding="rtne"), mask=offs < K)
     else:
         amax = tl.zeros((BLOCK_K,), tl.float32)
@@ -32,12 +32,12 @@ def _act_quant_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, BLOCK_K: tl.
             kk = k0 + offs
             x = tl.load(x_ptr + row * stride_xm + kk, mask=kk < K, other=0.0).to(tl.float32)
             amax = tl.maximum(amax, tl.abs(x))
-        scale = tl.maximum(tl.max(amax, axis=0) / 448.0, 1e-12)
+        scale = tl.maximum(tl.max(amax, axis=0) / FP8_MAX, MIN_SCALE)
         inv = 1.0 / scale
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + offs
             x = tl.load(x_ptr + row * stride_xm + kk, mask=kk < K, other=0.0).to(tl.float32)
-            q = tl.minimum(tl.maximum(x * inv, -448.0), 448.0)
+            q = tl.minimum(tl.maximum(x * inv, -FP8_MAX), FP8_MAX)
             tl.store(q_ptr + row * stride_qm + kk, q.to(tl.float8e4nv, fp_downcast_rounding="rtne"), mask=kk < K)
     tl.store(s_ptr + row, scale)
 
