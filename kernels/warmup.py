@@ -51,7 +51,8 @@ def warmup_fp4_layers(
             m = rows_for(name, width, height, batch, text_tokens)
             if m is None:
                 continue
-            key = (m, module.weight.shape[0], module.in_features, module.fp4_backend, module.weight.dtype)
+            key = (m, module.weight.shape[0], module.in_features, module.fp4_backend, module.weight.dtype,
+                   module.bias is not None)  # fmt: skip
             work.setdefault(key, (module, m))
     before = dict(autotune.stats)
     with autotune.tuning_enabled(), torch.no_grad():
@@ -59,7 +60,9 @@ def warmup_fp4_layers(
             x = torch.randn(m, module.in_features, device=device, dtype=dtype)
             tensors = [None if t is None else t.to(device) for t in
                        (module.weight, module.weight_scale, module.weight_scale_2, module.aux)]  # fmt: skip
-            fp4_linear(x, tensors[0], tensors[1], tensors[2], None, module.fp4_backend, tensors[3])
+            # with the layer's bias: kernels specialize on it (a bias-less warmup compiles the wrong variant)
+            bias = None if module.bias is None else module.bias.to(device, dtype)
+            fp4_linear(x, tensors[0], tensors[1], tensors[2], bias, module.fp4_backend, tensors[3])
             if progress is not None:
                 progress(i + 1, len(work))
     if device.type == "cuda":

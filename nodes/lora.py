@@ -9,6 +9,9 @@ plain low-rank (full diffs, LoKr, DoRA, ...) fall back to: dequantize, patch wit
 
 ComfyUI applies patches through ``ModelPatcher.patch_weight_to_device`` (full loads) or
 ``LowVramPatch`` weight functions (partial loads); both reach :meth:`NVFP4Linear.set_patches`.
+ComfyUI 0.33's dynamic VRAM patcher would instead apply a ``LowVramPatch`` to the staged
+weight and write the result back into it (fatal for packed codes): its ``load`` is given the
+model without the NVFP4 layers' patches, which become side branches here.
 """
 
 from __future__ import annotations
@@ -82,6 +85,26 @@ class NVFP4PatcherMixin:
             return patched_dense_weight(module.dequantized_weight(device_to), self.patches[key], key)
         module.set_patches(self.patches[key], key, device_to)
         return None
+
+    def clone(self, *args, **kwargs):
+        # ComfyUI 0.33's clone(disable_dynamic=True) (TorchCompileModel) returns a plain ModelPatcher
+        return enable_nvfp4_lora(super().clone(*args, **kwargs))
+
+    def load(self, device_to=None, *args, **kwargs):
+        is_dynamic = getattr(self, "is_dynamic", None)
+        if is_dynamic is None or not is_dynamic():
+            return super().load(device_to, *args, **kwargs)
+        fp4_patches = {k: self.patches.pop(k) for k in list(self.patches) if _fp4_module(self.model, k) is not None}
+        try:
+            result = super().load(device_to, *args, **kwargs)
+        finally:
+            self.patches.update(fp4_patches)
+        for m in self.model.modules():
+            if getattr(m, "is_fp4", False):
+                m.clear_patches()
+        for key, patches in fp4_patches.items():
+            _fp4_module(self.model, key).set_patches(patches, key, device_to)
+        return result
 
     def unpatch_model(self, device_to=None, unpatch_weights=True):
         if unpatch_weights:

@@ -8,6 +8,7 @@ Everything else is ComfyUI's ``manual_cast`` behaviour.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import comfy.ops
@@ -55,6 +56,7 @@ class NVFP4Linear(KeepQuantDtypes, comfy.ops.manual_cast.Linear):
         self.segment_rows: tuple[tuple[bool, int], ...] = ()
         self.lora_a = self.lora_b = self.dense_override = None  # set by LoRA patches (nodes/lora.py)
         self._lowvram_patches_id = None
+        self._compute_dtype = dtype
         self.weight_comfy_model_dtype = dtype
         self.bias_comfy_model_dtype = dtype
 
@@ -92,8 +94,10 @@ class NVFP4Linear(KeepQuantDtypes, comfy.ops.manual_cast.Linear):
         del self.weight
         w, s, a, aux = prepare_for_backend(self.fp4_backend, t["weight"], t["weight_scale"], t["weight_scale_2"])
         # the packed weight is a Parameter, so ComfyUI's ModelPatcher counts it and routes patches
-        # for "<layer>.weight" here; the scales are buffers
+        # for "<layer>.weight" here; the scales are buffers. Its "model dtype" is its own (uint8 or
+        # fp8), so ComfyUI's dynamic VRAM stages it as it is instead of casting codes to bf16.
         self.weight = torch.nn.Parameter(w, requires_grad=False)
+        self.weight_comfy_model_dtype = w.dtype
         for key, value in (("weight_scale", s), ("weight_scale_2", a), ("aux", aux),
                            ("input_scale", t["input_scale"]), ("dense_weight", t["dense_weight"]),
                            ("segments", t["segments"])):  # fmt: skip
@@ -122,7 +126,7 @@ class NVFP4Linear(KeepQuantDtypes, comfy.ops.manual_cast.Linear):
         self._lowvram_patches_id = None
 
     def compute_dtype(self) -> torch.dtype:
-        return self.weight_comfy_model_dtype or torch.bfloat16
+        return self._compute_dtype or torch.bfloat16
 
     def dequantized_weight(self, device=None) -> torch.Tensor:
         """The dense ``[N, K]`` weight (float32) this layer computes with, on ``device``."""
@@ -161,19 +165,33 @@ class NVFP4Linear(KeepQuantDtypes, comfy.ops.manual_cast.Linear):
 
     def _fp4_forward(self, x):
         dev = x.device
-        w, s, a, aux = (None if v is None else v.to(dev, non_blocking=True)
-                        for v in (self.weight, self.weight_scale, self.weight_scale_2, self.aux))  # fmt: skip
-        bias = None if self.bias is None else self.bias.to(dev, x.dtype, non_blocking=True)
+        staged = None
+        if hasattr(self, "_v") and self.weight.device != dev:
+            # ComfyUI's dynamic VRAM (comfy-aimdo): it keeps the packed weight (and bias) resident in
+            # its VRAM pool when there is room and streams it otherwise; codes stay uint8/fp8
+            w, bias, staged = comfy.ops.cast_bias_weight(self, x, dtype=self.weight.dtype, bias_dtype=x.dtype,
+                                                         offloadable=True)  # fmt: skip
+        else:
+            w = self.weight.to(dev, non_blocking=True)
+            bias = None if self.bias is None else self.bias.to(dev, x.dtype, non_blocking=True)
+        s, a, aux = (None if v is None else v.to(dev, non_blocking=True)
+                     for v in (self.weight_scale, self.weight_scale_2, self.aux))  # fmt: skip
         if not self.segment_rows:
-            return fp4_linear(x, w, s, a, bias, self.fp4_backend, aux)
-        y4 = fp4_linear(x, w, s, a, None, self.fp4_backend, aux)
-        yd = F.linear(x, self.dense_weight.to(dev, x.dtype, non_blocking=True))
-        y = in_segment_order(y4, yd, self.segment_rows, dim=-1)
-        return y if bias is None else y + bias
+            y = fp4_linear(x, w, s, a, bias, self.fp4_backend, aux)
+        else:
+            y4 = fp4_linear(x, w, s, a, None, self.fp4_backend, aux)
+            yd = F.linear(x, self.dense_weight.to(dev, x.dtype, non_blocking=True))
+            y = in_segment_order(y4, yd, self.segment_rows, dim=-1)
+            y = y if bias is None else y + bias
+        if staged is not None:
+            comfy.ops.uncast_bias_weight(self, w, bias, staged)
+        return y
 
 
+@functools.cache
 def make_nvfp4_ops(backend: str) -> type:
-    """A ``custom_operations`` class whose Linear computes NVFP4 layers with ``backend``."""
+    """A ``custom_operations`` class whose Linear computes NVFP4 layers with ``backend`` (one class
+    per backend: a compiled model's guards check the layer types, so a reloaded model must reuse them)."""
 
     class NVFP4Ops(comfy.ops.manual_cast):
         class Linear(NVFP4Linear):

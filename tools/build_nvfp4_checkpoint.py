@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration", default=None,
                     help="modelopt method: a text file of prompts (needs --text-encoders) or 'random'")  # fmt: skip
     ap.add_argument("--text-encoders", default=None, help="modelopt method: folder with t5xxl and clip_l (diffusers)")
+    ap.add_argument("--device", default="cpu", help="weight-only method: where to quantize (cuda is much faster)")
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)
     split = lambda s: tuple(p for p in s.split(",") if p)  # noqa: E731
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             summary = build_checkpoint(
                 args.input, args.output, preset=args.preset, quantize=split(args.quantize), keep=split(args.keep),
-                out_format=args.format, overwrite=args.overwrite, progress=progress,
+                out_format=args.format, overwrite=args.overwrite, progress=progress, device=args.device,
             )  # fmt: skip
     except (CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,9 +1,11 @@
-"""Write a full-size FLUX.1-dev transformer (BFL names, bf16, random weights) for size/RSS tests.
+"""Write a full-size FLUX.1-dev transformer (BFL names, bf16, random weights) for size/speed tests.
 
-  python tools/make_synthetic_flux.py /tmp/flux1-dev-synthetic.safetensors [--schnell]
+  python tools/make_synthetic_flux.py /tmp/flux1-dev-synthetic.safetensors [--schnell] [--device cuda]
 
-Random weights with std 1/sqrt(in_features), norms near 1; streamed tensor by tensor
-(23.8 GB file, ~0.3 GB RAM). Not an image model: for measuring tools, memory and speed only.
+Random weights: linears N(0, 1/fan_in) (std 1/sqrt(in_features), the scale that keeps activations
+O(1) through the residual stack, like trained layers), biases N(0, 0.02^2), norm scales 1 + N(0, 0.1^2).
+Streamed tensor by tensor (23.8 GB file, ~0.3 GB RAM). Not an image model: for measuring tools,
+memory and speed only.
 """
 
 from __future__ import annotations
@@ -16,28 +18,43 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from kernels.flux_shapes import flux1_bfl_shapes  # noqa: E402
+from kernels.flux_shapes import DOUBLE_BLOCKS, SINGLE_BLOCKS, flux1_bfl_shapes  # noqa: E402
 from kernels.formats.writer import StreamingSafetensorsWriter  # noqa: E402
+
+
+def write_synthetic_flux(
+    output: str | pathlib.Path,
+    *,
+    guidance: bool = True,
+    double_blocks: int = DOUBLE_BLOCKS,
+    single_blocks: int = SINGLE_BLOCKS,
+    device: str = "cpu",
+    seed: int = 0,
+) -> int:
+    """Write the file; returns its parameter count."""
+    shapes = flux1_bfl_shapes(double_blocks=double_blocks, single_blocks=single_blocks, guidance=guidance)
+    gen = torch.Generator(device).manual_seed(seed)
+    specs = [(name, torch.bfloat16, shape) for name, shape in shapes]
+    with StreamingSafetensorsWriter(output, specs) as writer:
+        for name, shape in shapes:
+            t = torch.randn(shape, generator=gen, device=device)
+            if name.endswith(".scale"):
+                t = 1 + 0.1 * t
+            elif name.endswith(".bias"):
+                t = 0.02 * t
+            else:
+                t = t / shape[1] ** 0.5
+            writer.write(name, t.to(torch.bfloat16))
+    return sum(torch.Size(s).numel() for _, s in shapes)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("output")
     ap.add_argument("--schnell", action="store_true", help="no guidance embedder")
+    ap.add_argument("--device", default="cpu", help="where the random numbers are drawn (cuda is faster)")
     args = ap.parse_args()
-    shapes = flux1_bfl_shapes(guidance=not args.schnell)
-    gen = torch.Generator().manual_seed(0)
-    specs = [(name, torch.bfloat16, shape) for name, shape in shapes]
-    with StreamingSafetensorsWriter(args.output, specs) as writer:
-        for name, shape in shapes:
-            if name.endswith(".scale"):
-                t = 1 + 0.1 * torch.randn(shape, generator=gen)
-            elif name.endswith(".bias"):
-                t = 0.02 * torch.randn(shape, generator=gen)
-            else:
-                t = torch.randn(shape, generator=gen) / shape[1] ** 0.5
-            writer.write(name, t.to(torch.bfloat16))
-    params = sum(torch.Size(s).numel() for _, s in shapes)
+    params = write_synthetic_flux(args.output, guidance=not args.schnell, device=args.device)
     print(f"wrote {args.output}: {params / 1e9:.2f}B parameters")
 
 

@@ -1,0 +1,547 @@
+"""End-to-end FLUX.1-dev through ComfyUI itself: s/step, VRAM, load, warmup, compile, accuracy.
+
+  python tools/bench_e2e.py --comfyui /path/to/ComfyUI --workdir /tmp/e2e --out e2e.json --plot e2e.png
+  # other memory managers (a separate process each; ComfyUI's own CLI flags):
+  python tools/bench_e2e.py ... --comfy-args="--disable-dynamic-vram" --configs w4a8,fp8_resident
+  # small CPU dry run of the whole path:
+  python tools/bench_e2e.py ... --comfy-args=--cpu --blocks 1,1 --size 256 --configs bf16,reference
+
+Files (made once per workdir, in its models folder): bf16 FLUX.1-dev with random weights
+(``make_synthetic_flux.py``: linears N(0, 1/fan_in)), its NVFP4 build (``all-linear`` preset,
+ComfyUI-native layout, so ComfyUI's own loader reads the same weights) and a rank-32 LoRA on
+every attention/MLP linear. Conditioning is random (T5 context N(0,1) [1, 512, 4096], pooled
+N(0,1) [1, 768], guidance 3.5), noise from the KSampler seed: every configuration sees the same.
+
+A configuration is ``<model>[+compile][+lora]``; ``<model>``: ``bf16`` (ComfyUI UNETLoader),
+``comfy-fp8`` (UNETLoader ``fp8_e4m3fn_fast``: ComfyUI's own W8A8), ``comfy-nvfp4`` (UNETLoader on
+the NVFP4 file: ComfyUI's own NVFP4 path) or a backend of this pack's loader (``auto``, ``w4a8``,
+``fp8_resident``, ``w4a16``, ``reference``; with the NVFP4 Warmup node). ``+compile`` adds
+ComfyUI's TorchCompileModel (inductor), ``+lora`` LoraLoaderModelOnly. Each runs, through
+ComfyUI's executor, a timing prompt (``--steps`` steps, euler/simple, cfg 1: one forward a step)
+and a 4-step accuracy prompt (latent cosine/PSNR vs ``bf16`` of the same run, or of the
+workdir's saved reference); ``+lora`` runs a third prompt at another strength (recompiles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+TOOLS = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(TOOLS.parent))
+sys.path.insert(0, str(TOOLS))
+
+BF16_FILE = "flux1-dev-synthetic-bf16.safetensors"
+NVFP4_FILE = "flux1-dev-synthetic-nvfp4.safetensors"
+LORA_FILE = "flux1-dev-synthetic-lora-r32.safetensors"
+LORA_RANK = 32
+LORA_LAYERS = ("img_attn.qkv", "txt_attn.qkv", "img_attn.proj", "txt_attn.proj", "img_mlp.0", "img_mlp.2",
+               "txt_mlp.0", "txt_mlp.2", "linear1", "linear2")  # fmt: skip
+PACK_BACKENDS = ("auto", "w4a8", "fp8_resident", "w4a16", "reference")
+ACCURACY_STEPS = 4
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def prepare_files(models: pathlib.Path, blocks: tuple[int, int], device: str) -> dict:
+    """Write the bf16, NVFP4 and LoRA files if missing; returns what was made and how long it took."""
+    from make_synthetic_flux import write_synthetic_flux
+
+    from kernels.formats.build import build_checkpoint
+
+    unet, loras = models / "diffusion_models", models / "loras"
+    unet.mkdir(parents=True, exist_ok=True)
+    loras.mkdir(parents=True, exist_ok=True)
+    made = {}
+    if not (unet / BF16_FILE).exists():
+        t = time.perf_counter()
+        params = write_synthetic_flux(unet / BF16_FILE, double_blocks=blocks[0], single_blocks=blocks[1], device=device)
+        made["bf16_write_s"], made["params"] = time.perf_counter() - t, params
+    if not (unet / NVFP4_FILE).exists():
+        t = time.perf_counter()
+        build_checkpoint(unet / BF16_FILE, unet / NVFP4_FILE, preset="all-linear", device=device)
+        made["nvfp4_build_s"] = time.perf_counter() - t
+    if not (loras / LORA_FILE).exists():
+        write_lora(unet / BF16_FILE, loras / LORA_FILE, device)
+    made["bytes"] = {f: (unet / f).stat().st_size for f in (BF16_FILE, NVFP4_FILE)}
+    return made
+
+
+def write_lora(base: pathlib.Path, out: pathlib.Path, device: str) -> None:
+    """Rank-32 LoRA (BFL key style ``diffusion_model.<layer>.lora_A/B.weight``, alpha 32) on every
+    block attention/MLP linear; ``B`` is scaled so the branch changes a layer's output by ~5%."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    gen = torch.Generator(device).manual_seed(1)
+    tensors = {}
+    with safe_open(str(base), "pt") as f:
+        for key in f.keys():
+            layer = key[: -len(".weight")]
+            if not key.endswith(".weight") or not layer.endswith(LORA_LAYERS):
+                continue
+            n, k = f.get_slice(key).get_shape()
+            a = torch.randn(LORA_RANK, k, generator=gen, device=device) / k**0.5
+            b = torch.randn(n, LORA_RANK, generator=gen, device=device) * (0.05 / LORA_RANK**0.5)
+            tensors[f"diffusion_model.{layer}.lora_A.weight"] = a.to(torch.bfloat16).cpu()
+            tensors[f"diffusion_model.{layer}.lora_B.weight"] = b.to(torch.bfloat16).cpu()
+            tensors[f"diffusion_model.{layer}.alpha"] = torch.tensor(float(LORA_RANK))
+    save_file(tensors, str(out))
+
+
+def evict_from_page_cache(path: pathlib.Path) -> bool:
+    """Ask the kernel to drop ``path`` from the page cache, so a load reads the disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+# ----------------------------------------------------------------------------- measurement nodes
+
+RECORD: dict = {"forwards": [], "outputs": None, "latent": None}
+
+
+def _pack_autotune():
+    return next(m for name, m in sys.modules.items() if name.endswith("kernels.autotune") and hasattr(m, "stats"))
+
+
+class PackKernelCompiles:
+    """Counts Triton JIT compilations of this pack's kernels (a Triton runtime hook)."""
+
+    count = 0
+    names: list[str] = []
+
+    @classmethod
+    def install(cls) -> None:
+        import triton
+
+        def hook(*, key, repr, fn, compile, is_manual_warmup, already_compiled):
+            if ".backends." in fn.module or fn.module.startswith("kernels"):
+                cls.count += 1
+                cls.names.append(f"{fn.name} {repr}"[:400])
+            return False
+
+        triton.knobs.runtime.jit_post_compile_hook = hook
+
+
+def _snapshot() -> dict:
+    import torch
+    from torch._dynamo.utils import counters
+
+    used = 0
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        used = total - free
+    return {
+        "t": time.perf_counter(),
+        "graphs": counters["stats"]["unique_graphs"],
+        "graph_breaks": sum(counters["graph_break"].values()),
+        "pack_compiles": PackKernelCompiles.count,
+        "pack_tunings": _pack_autotune().stats["tuned"],
+        "device_used": used,
+    }
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed_forward(apply_model, params):
+    """``model_function_wrapper``: records GPU-synchronized start/end of each model call."""
+    _sync()
+    before = _snapshot()
+    out = apply_model(params["input"], params["timestep"], **params["c"])
+    _sync()
+    RECORD["forwards"].append({"before": before, "after": _snapshot()})
+    if RECORD["outputs"] is not None:
+        RECORD["outputs"].append(out.float().cpu())
+    return out
+
+
+class BenchTimer:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",)}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "wrap"
+    CATEGORY = "benchmark"
+
+    def wrap(self, model):
+        m = model.clone()
+        m.set_model_unet_function_wrapper(timed_forward)
+        return (m,)
+
+
+class BenchConditioning:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0}), "tokens": ("INT", {"default": 512}),
+                             "guidance": ("FLOAT", {"default": 3.5})}}  # fmt: skip
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "make"
+    CATEGORY = "benchmark"
+
+    def make(self, seed, tokens, guidance):
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        cond = torch.randn(1, tokens, 4096, generator=g)
+        pooled = torch.randn(1, 768, generator=g)
+        return ([[cond, {"pooled_output": pooled, "guidance": guidance}]],)
+
+
+class BenchSink:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "tag": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "keep"
+    OUTPUT_NODE = True
+    CATEGORY = "benchmark"
+
+    def keep(self, samples, tag):
+        RECORD["latent"] = samples["samples"].float().cpu()
+        return {}
+
+
+EXTRA_NODES = {"NVFP4BenchTimer": BenchTimer, "NVFP4BenchConditioning": BenchConditioning, "NVFP4BenchSink": BenchSink}
+
+NODE_TIMES: dict[str, list[float]] = {}
+
+
+def time_node_method(cls: type, method: str, label: str) -> None:
+    """Record wall times of ``cls.method`` (a V1 node's FUNCTION) under ``label``."""
+    original = getattr(cls, method)
+
+    def timed(self, *args, **kwargs):
+        _sync()
+        start = time.perf_counter()
+        result = original(self, *args, **kwargs)
+        _sync()
+        NODE_TIMES.setdefault(label, []).append(time.perf_counter() - start)
+        return result
+
+    setattr(cls, method, timed)
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def parse_config(name: str) -> dict:
+    base, *flags = name.split("+")
+    if base not in ("bf16", "comfy-fp8", "comfy-nvfp4", *PACK_BACKENDS) or set(flags) - {"compile", "lora"}:
+        raise SystemExit(f"unknown configuration {name!r}")
+    return {"name": name, "base": base, "compile": "compile" in flags, "lora": "lora" in flags,
+            "pack": base in PACK_BACKENDS}  # fmt: skip
+
+
+def build_prompt(cfg: dict, size: tuple[int, int], steps: int, tag: str, lora_strength: float = 1.0,
+                 tokens: int = 512) -> dict:  # fmt: skip
+    w, h = size
+    p: dict = {}
+    if cfg["pack"]:
+        p["1"] = {"class_type": "NVFP4FluxLoader", "inputs": {"model_name": NVFP4_FILE, "backend": cfg["base"],
+                                                               "compute_dtype": "bf16"}}  # fmt: skip
+    else:
+        dtype = "fp8_e4m3fn_fast" if cfg["base"] == "comfy-fp8" else "default"
+        name = NVFP4_FILE if cfg["base"] == "comfy-nvfp4" else BF16_FILE
+        p["1"] = {"class_type": "UNETLoader", "inputs": {"unet_name": name, "weight_dtype": dtype}}
+    model = ["1", 0]
+    if cfg["lora"]:
+        p["2"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": model, "lora_name": LORA_FILE,
+                                                                   "strength_model": lora_strength}}  # fmt: skip
+        model = ["2", 0]
+    if cfg["pack"]:
+        p["3"] = {"class_type": "NVFP4Warmup", "inputs": {"model": model, "width": w, "height": h, "batch_size": 1,
+                                                           "text_tokens": tokens}}  # fmt: skip
+        model = ["3", 0]
+    if cfg["compile"]:
+        p["4"] = {"class_type": "TorchCompileModel", "inputs": {"model": model, "backend": "inductor"}}
+        model = ["4", 0]
+    p["5"] = {"class_type": "NVFP4BenchTimer", "inputs": {"model": model}}
+    p["6"] = {"class_type": "NVFP4BenchConditioning", "inputs": {"seed": 7, "tokens": tokens, "guidance": 3.5}}
+    p["7"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": w, "height": h, "batch_size": 1}}
+    p["8"] = {"class_type": "KSampler", "inputs": {
+        "model": ["5", 0], "seed": 42, "steps": steps, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+        "positive": ["6", 0], "negative": ["6", 0], "latent_image": ["7", 0], "denoise": 1.0}}  # fmt: skip
+    p["9"] = {"class_type": "NVFP4BenchSink", "inputs": {"samples": ["8", 0], "tag": tag}}
+    return p
+
+
+# ----------------------------------------------------------------------------- one configuration
+
+
+def free_everything(comfy) -> None:
+    import comfy.model_management as mm
+    import torch
+
+    comfy.reset()
+    mm.unload_all_models()
+    mm.cleanup_models()
+    gc.collect()
+    torch._dynamo.reset()
+    mm.soft_empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def loaded_weight_bytes() -> int:
+    """Bytes of model weights ComfyUI reports on the GPU (``loaded_size`` of each loaded model)."""
+    import comfy.model_management as mm
+
+    return int(sum(lm.model.loaded_size() for lm in mm.current_loaded_models if lm.model is not None))
+
+
+def cosine_psnr(x, ref) -> dict:
+    import torch
+
+    x, ref = x.flatten().double(), ref.flatten().double()
+    cos = torch.nn.functional.cosine_similarity(x, ref, dim=0).item()
+    mse = torch.mean((x - ref) ** 2).item()
+    span = (ref.max() - ref.min()).item()
+    psnr = float("inf") if mse == 0 else 10 * __import__("math").log10(span**2 / mse)
+    return {"cosine": cos, "psnr_db": psnr, "nan": bool(torch.isnan(x).any())}
+
+
+def step_stats(forwards: list[dict], base: dict) -> dict:
+    """Step times and compile counts of one prompt's model calls; counters relative to ``base``."""
+    ends = [f["after"]["t"] for f in forwards]
+    steps = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+    first = forwards[0]["after"]["t"] - forwards[0]["before"]["t"]
+    f0b, f0a, last = forwards[0]["before"], forwards[0]["after"], forwards[-1]["after"]
+    return {
+        "s_per_step": statistics.median(steps) if steps else None,
+        "steps_timed": len(steps),
+        "step_times": steps,
+        "first_step_s": first,
+        "graphs_first_step": f0a["graphs"] - f0b["graphs"],
+        "graph_breaks": last["graph_breaks"] - base["graph_breaks"],
+        "graphs_total": last["graphs"] - base["graphs"],
+        "recompiles_after_first_step": last["graphs"] - f0a["graphs"],
+        "pack_kernel_compiles_first_step": f0a["pack_compiles"] - f0b["pack_compiles"],
+        "pack_tunings_first_step": f0a["pack_tunings"] - f0b["pack_tunings"],
+        "pack_kernel_compiles_later_steps": last["pack_compiles"] - f0a["pack_compiles"],
+        "pack_kernels_compiled_first_step": PackKernelCompiles.names[f0b["pack_compiles"] : f0a["pack_compiles"]],
+        "peak_device_used": max(f["after"]["device_used"] for f in forwards),
+    }
+
+
+def run_config(comfy, cfg: dict, size, steps: int, tokens: int, references: dict[str, dict],
+               files: dict[str, pathlib.Path]) -> dict:  # fmt: skip
+    import torch
+
+    free_everything(comfy)
+    NODE_TIMES.clear()
+    checkpoint = files[BF16_FILE if cfg["base"] in ("bf16", "comfy-fp8") else NVFP4_FILE]
+    evicted = evict_from_page_cache(checkpoint)
+    result: dict = {"config": cfg["name"], "page_cache_evicted": evicted}
+    RECORD.update(forwards=[], outputs=[])
+    base = _snapshot()
+    start = time.perf_counter()
+    comfy.run(build_prompt(cfg, size, steps, tag=f"{cfg['name']}-timing", tokens=tokens))
+    result["timing_prompt_wall_s"] = time.perf_counter() - start
+    result["time_to_first_step_s"] = RECORD["forwards"][0]["after"]["t"] - start
+    result.update(step_stats(RECORD["forwards"], base))
+    result["weight_vram_bytes"] = loaded_weight_bytes()
+    if torch.cuda.is_available():
+        result["peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    result["node_times_s"] = {k: v for k, v in NODE_TIMES.items()}
+
+    if steps != ACCURACY_STEPS:  # (an identical prompt would be answered from ComfyUI's cache)
+        RECORD.update(forwards=[], outputs=[])
+        base = _snapshot()
+        comfy.run(build_prompt(cfg, size, ACCURACY_STEPS, tag=f"{cfg['name']}-accuracy", tokens=tokens))
+    acc_steps = step_stats(RECORD["forwards"], base)
+    keys = ("graphs_total", "graph_breaks", "pack_kernel_compiles_first_step", "pack_tunings_first_step")
+    result["accuracy_prompt"] = {k: acc_steps[k] for k in keys}
+    outputs, latent = RECORD["outputs"], RECORD["latent"]
+    for ref_name, ref in references.items():  # bf16 eager, and bf16 compiled where it ran
+        label = "vs_" + ref_name.replace("+", "_")
+        result[label + "_latent"] = cosine_psnr(latent, ref["latent"])
+        result[label + "_per_step"] = [cosine_psnr(o, r) for o, r in zip(outputs, ref["outputs"], strict=False)]
+    result["_latent"], result["_outputs"] = latent, outputs
+    from torch._dynamo.utils import counters
+
+    result["graph_break_reasons_in_process"] = {k[:300]: v for k, v in counters["graph_break"].items()}
+
+    if cfg["lora"]:
+        RECORD.update(forwards=[], outputs=None)
+        base = _snapshot()
+        comfy.run(build_prompt(cfg, size, steps, tag=f"{cfg['name']}-strength", lora_strength=0.5, tokens=tokens))
+        s = step_stats(RECORD["forwards"], base)
+        result["strength_change"] = {"graphs_compiled": s["graphs_total"], "graph_breaks": s["graph_breaks"],
+                                     "s_per_step": s["s_per_step"], "first_step_s": s["first_step_s"]}  # fmt: skip
+    return result
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def environment(comfyui: str, comfy_args: list[str]) -> dict:
+    import comfy.memory_management
+    import torch
+
+    env = {"torch": torch.__version__, "comfyui_path": comfyui, "comfy_args": comfy_args,
+           "dynamic_vram": bool(getattr(comfy.memory_management, "aimdo_enabled", False))}  # fmt: skip
+    try:
+        import comfyui_version
+
+        env["comfyui"] = comfyui_version.__version__
+    except ImportError:
+        pass
+    for mod in ("triton", "comfy_kitchen", "comfy_aimdo"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except (ImportError, AttributeError):
+            env[mod] = None
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+def print_table(results: dict[str, dict]) -> None:
+    base_eager = results.get("bf16", {}).get("s_per_step")
+    base_comp = results.get("bf16+compile", {}).get("s_per_step")
+    comfy_nvfp4 = results.get("comfy-nvfp4", {}).get("s_per_step")
+    cols = f"{'config':28s} {'s/step':>8s} {'x bf16':>7s} {'x bf16c':>7s} {'x cnvfp4':>8s} {'1st step':>8s} " \
+           f"{'weights GB':>10s} {'peak GB':>8s} {'cos':>7s} {'PSNR':>6s} {'cos(c)':>7s}"  # fmt: skip
+    print(cols)
+    for name, r in results.items():
+        s = r.get("s_per_step")
+        ratio = lambda b, s=s: f"{b / s:7.2f}" if b and s else "      -"  # noqa: E731
+        acc = r.get("vs_bf16_latent", {})
+        print(f"{name:28s} {s or float('nan'):8.4f} {ratio(base_eager)} {ratio(base_comp)} {ratio(comfy_nvfp4):>8s} "
+              f"{r['first_step_s']:8.2f} {r['weight_vram_bytes'] / 1e9:10.2f} "
+              f"{max(r.get('peak_allocated_bytes', 0), r['peak_device_used']) / 1e9:8.2f} "
+              f"{acc.get('cosine', float('nan')):7.4f} {acc.get('psnr_db', float('nan')):6.1f} "
+              f"{r.get('vs_bf16_compile_latent', {}).get('cosine', float('nan')):7.4f}")  # fmt: skip
+
+
+def plot(results: dict[str, dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 0.45 * len(names) + 1.8))
+    ax1.barh(names, [results[n]["s_per_step"] or 0 for n in names], color="tab:blue")
+    ax1.set_xlabel("seconds per step (median)")
+    ax1.invert_yaxis()
+    ax2.barh(names, [results[n]["weight_vram_bytes"] / 1e9 for n in names], color="tab:green", label="weights")
+    ax2.barh(names, [results[n].get("peak_allocated_bytes", 0) / 1e9 for n in names], color="none",
+             edgecolor="black", label="peak allocated")  # fmt: skip
+    ax2.set_xlabel("GB")
+    ax2.invert_yaxis()
+    ax2.legend(loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--comfyui", required=True, help="ComfyUI checkout (0.33.0 measured here)")
+    ap.add_argument("--workdir", required=True, type=pathlib.Path, help="model files, caches, ComfyUI home")
+    ap.add_argument("--out", required=True, help="JSON results")
+    ap.add_argument("--plot", default=None, help="PNG: s/step and VRAM per configuration")
+    ap.add_argument("--configs", default="bf16,bf16+compile,comfy-fp8,comfy-nvfp4,w4a8,w4a8+compile,fp8_resident,"
+                    "fp8_resident+compile,w4a16,w4a16+compile,w4a8+compile+lora")  # fmt: skip
+    ap.add_argument("--comfy-args", default="", help="ComfyUI CLI flags, e.g. --disable-dynamic-vram")
+    ap.add_argument("--steps", type=int, default=10, help="timing prompt steps (median over steps 2..N)")
+    ap.add_argument("--size", default="1024", help="WxH or one number")
+    ap.add_argument("--tokens", type=int, default=512, help="text tokens (512: FLUX.1-dev's T5 length)")
+    ap.add_argument("--blocks", default="19,38", help="double,single blocks (19,38 is FLUX.1-dev)")
+    ap.add_argument("--prepare-only", action="store_true", help="write the model files, then stop")
+    ap.add_argument("--fresh-caches", action="store_true", help="empty Triton/Inductor/user caches first (cold)")
+    args = ap.parse_args()
+    size = tuple(int(v) for v in (args.size.split("x") if "x" in args.size else [args.size] * 2))
+    blocks = tuple(int(v) for v in args.blocks.split(","))
+    configs = [parse_config(c) for c in args.configs.split(",") if c]
+    work = args.workdir.resolve()
+    caches = {"TRITON_CACHE_DIR": work / "triton-cache", "TORCHINDUCTOR_CACHE_DIR": work / "inductor-cache"}
+    if args.fresh_caches:
+        import shutil
+
+        for d in [*caches.values(), work / "home" / "user"]:
+            shutil.rmtree(d, ignore_errors=True)
+    cold = {k: not d.exists() for k, d in caches.items()}
+    for k, d in caches.items():
+        os.environ[k] = str(d)
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    prep = prepare_files(work / "home" / "models", blocks, device)
+    print("files:", json.dumps(prep), flush=True)
+    if args.prepare_only:
+        return 0
+    from comfy_inprocess import start_comfyui
+
+    comfy_args = args.comfy_args.split()
+    comfy = start_comfyui(args.comfyui, comfy_args, work / "home", EXTRA_NODES)
+    import nodes
+
+    for node, method, label in (("UNETLoader", "load_unet", "load"), ("NVFP4FluxLoader", "load", "load"),
+                                ("NVFP4Warmup", "warmup", "warmup"), ("LoraLoaderModelOnly", "load_lora_model_only",
+                                                                       "lora")):  # fmt: skip
+        time_node_method(nodes.NODE_CLASS_MAPPINGS[node], method, label)
+    if device == "cuda":
+        PackKernelCompiles.install()
+    torch._logging.set_logs(recompiles=True, graph_breaks=True)
+    files = {f: work / "home" / "models" / "diffusion_models" / f for f in (BF16_FILE, NVFP4_FILE)}
+    ref_path = work / f"reference-{size[0]}x{size[1]}-{args.tokens}.pt"
+    references = {"bf16": torch.load(ref_path)} if ref_path.exists() else {}
+    results: dict[str, dict] = {}
+    out = {"environment": environment(args.comfyui, comfy_args), "caches_cold_at_start": cold, "files": prep,
+           "size": size, "blocks": blocks, "steps": args.steps, "results": results}  # fmt: skip
+    for cfg in configs:
+        print(f"== {cfg['name']}", flush=True)
+        try:
+            r = run_config(comfy, cfg, size, args.steps, args.tokens, references, files)
+        except Exception as exc:  # one failing configuration must not lose the others
+            import traceback
+
+            traceback.print_exc()
+            results[cfg["name"]] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+            continue
+        latent, outputs = r.pop("_latent"), r.pop("_outputs")
+        if cfg["name"] in ("bf16", "bf16+compile"):
+            references[cfg["name"]] = {"latent": latent, "outputs": outputs}
+            if cfg["name"] == "bf16":
+                torch.save(references["bf16"], ref_path)
+        results[cfg["name"]] = r
+        print(json.dumps({k: v for k, v in r.items() if not k.endswith(("step_times", "_per_step"))}), flush=True)
+        pathlib.Path(args.out).write_text(json.dumps(out, indent=1))
+    pathlib.Path(args.out).write_text(json.dumps(out, indent=1))
+    ok = {k: v for k, v in results.items() if "error" not in v}
+    print_table(ok)
+    if args.plot and ok:
+        env = out["environment"]
+        plot(ok, args.plot, f"FLUX.1-dev {size[0]}x{size[1]} via ComfyUI {env.get('comfyui')} on "
+             f"{env.get('gpu', 'CPU')} (torch {env['torch']}, {' '.join(comfy_args) or 'default flags'})")  # fmt: skip
+    return 1 if len(ok) < len(results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
