@@ -25,9 +25,6 @@ from .triton_support import HAS_TRITON
 if HAS_TRITON:  # registers "w4a16", "w4a8", "fp8_resident"
     from .backends import w4a8 as _w4a8  # noqa: F401
     from .backends import w4a16 as _w4a16  # noqa: F401
-    from .backends.fp8_traceable import fp8_linear_traceable
-else:
-    fp8_linear_traceable = None
 
 OP_NAMESPACE = "nvfp4_flux"
 OP_NAME = "fp4_linear"
@@ -85,11 +82,5 @@ def fp4_linear(
     backend: str = "reference",
     aux: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``y = x @ dequant(weight)^T + bias`` through the registered op (see module docstring).
-    Under ``torch.compile`` the FP8 backends' GEMM path is traced as torch ops instead
-    (:mod:`kernels.backends.fp8_traceable`), so Inductor fuses the activation quantization."""
-    if fp8_linear_traceable is not None and torch.compiler.is_compiling():
-        y = fp8_linear_traceable(x, weight, weight_scale, alpha, bias, aux, backend)
-        if y is not None:
-            return y
+    """``y = x @ dequant(weight)^T + bias`` through the registered op (see module docstring)."""
     return getattr(getattr(torch.ops, OP_NAMESPACE), OP_NAME)(x, weight, weight_scale, alpha, bias, aux, backend)

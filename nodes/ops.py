@@ -160,10 +160,7 @@ class NVFP4Linear(KeepQuantDtypes, comfy.ops.manual_cast.Linear):
             return F.linear(x, self.dense_override.to(x.device, x.dtype), bias)
         y = self._fp4_forward(x)
         if self.lora_a is not None:
-            # y + (x A^T) B^T as one addmm: the output is read and written once (no full-size temporary)
-            z = F.linear(x, self.lora_a.to(x.device, x.dtype))
-            b = self.lora_b.to(x.device, x.dtype)
-            y = torch.addmm(y.reshape(-1, y.shape[-1]), z.reshape(-1, z.shape[-1]), b.t()).reshape(y.shape)
+            y = y + F.linear(F.linear(x, self.lora_a.to(x.device, x.dtype)), self.lora_b.to(x.device, x.dtype))
         return y
 
     def _fp4_forward(self, x):
