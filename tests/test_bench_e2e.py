@@ -1,0 +1,98 @@
+"""The end-to-end benchmark (tools/bench_e2e.py): its prompts, its statistics, and (with
+COMFYUI_PATH) a CPU dry run of the whole path through real ComfyUI on a 1+1-block model."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+from markers import COMFYUI_PATH, requires_comfyui
+
+TOOLS = pathlib.Path(__file__).resolve().parents[1] / "tools"
+sys.path.insert(0, str(TOOLS))
+
+import bench_e2e  # noqa: E402
+
+
+def test_configurations_parse_and_unknown_ones_are_refused():
+    cfg = bench_e2e.parse_config("w4a8+compile+lora")
+    assert (cfg["base"], cfg["compile"], cfg["lora"], cfg["pack"]) == ("w4a8", True, True, True)
+    assert not bench_e2e.parse_config("comfy-nvfp4")["pack"]
+    with pytest.raises(SystemExit):
+        bench_e2e.parse_config("w4a8+turbo")
+
+
+@pytest.mark.parametrize("name", ["bf16", "comfy-fp8", "comfy-nvfp4", "w4a8+compile+lora", "fp8_resident+compile"])
+def test_prompt_is_one_connected_graph_from_loader_to_sink(name):
+    cfg = bench_e2e.parse_config(name)
+    p = bench_e2e.build_prompt(cfg, (1024, 768), steps=10, tag="t", lora_strength=0.5, tokens=512)
+    # follow the MODEL chain back from the sampler to the loader
+    node, chain = p["8"]["inputs"]["model"][0], []
+    while "model" in p[node]["inputs"]:
+        chain.append(p[node]["class_type"])
+        node = p[node]["inputs"]["model"][0]
+    chain.append(p[node]["class_type"])
+    expected = ["NVFP4BenchTimer"]
+    expected += ["TorchCompileModel"] if cfg["compile"] else []
+    expected += ["NVFP4Warmup"] if cfg["pack"] else []
+    expected += ["LoraLoaderModelOnly"] if cfg["lora"] else []
+    expected += ["NVFP4FluxLoader" if cfg["pack"] else "UNETLoader"]
+    assert chain == expected
+    assert p["7"]["inputs"]["width"] == 1024 and p["7"]["inputs"]["height"] == 768
+    assert p["8"]["inputs"]["cfg"] == 1.0  # FLUX.1-dev: guidance-distilled, one forward a step
+
+
+def test_step_stats_take_the_median_after_the_first_step_and_count_from_the_base():
+    def snap(t, graphs=0, breaks=0, compiles=0):
+        return {"t": t, "graphs": graphs, "graph_breaks": breaks, "pack_compiles": compiles, "pack_tunings": 0,
+                "device_used": 7}  # fmt: skip
+
+    base = snap(0.0, graphs=5, breaks=2)
+    ends = [10.0, 10.5, 11.2, 11.6]
+    forwards = [{"before": snap(0.1, 5, 2), "after": snap(ends[0], 6, 2)}]
+    forwards += [{"before": snap(e - 0.3, 6, 2), "after": snap(e, 6, 2)} for e in ends[1:]]
+    s = bench_e2e.step_stats(forwards, base)
+    assert s["s_per_step"] == pytest.approx(0.5) and s["steps_timed"] == 3
+    assert s["first_step_s"] == pytest.approx(9.9)
+    assert (s["graphs_first_step"], s["recompiles_after_first_step"], s["graphs_total"], s["graph_breaks"]) == (
+        1,
+        0,
+        1,
+        0,
+    )
+
+
+def test_cosine_and_psnr():
+    ref = torch.linspace(-1, 1, 1000)
+    same = bench_e2e.cosine_psnr(ref.clone(), ref)
+    assert same["cosine"] == pytest.approx(1.0) and same["psnr_db"] == float("inf") and not same["nan"]
+    noisy = bench_e2e.cosine_psnr(ref + 0.01, ref)  # MSE 1e-4 on a span of 2: 10*log10(4/1e-4) = 46 dB
+    assert noisy["psnr_db"] == pytest.approx(46.02, abs=0.01)
+
+
+@requires_comfyui
+def test_cpu_dry_run_through_real_comfyui(tmp_path):
+    """bf16 (ComfyUI's loader), ComfyUI's own NVFP4 path and the pack with a LoRA, through
+    ComfyUI's executor on the CPU (1 double + 1 single full-width block, 64x64, 32 tokens)."""
+    out = tmp_path / "e2e.json"
+    cmd = [sys.executable, str(TOOLS / "bench_e2e.py"), "--comfyui", COMFYUI_PATH, "--workdir", str(tmp_path),
+           "--out", str(out), "--comfy-args=--cpu", "--blocks", "1,1", "--size", "64", "--tokens", "32",
+           "--steps", "2", "--configs", "bf16,comfy-nvfp4,reference,reference+lora"]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"bf16", "comfy-nvfp4", "reference", "reference+lora"}
+    for name in ("comfy-nvfp4", "reference", "reference+lora"):
+        r = results[name]
+        assert not r["vs_bf16_latent"]["nan"]
+        assert r["vs_bf16_latent"]["cosine"] > 0.99, (name, r["vs_bf16_latent"])
+        assert r["weight_vram_bytes"] < results["bf16"]["weight_vram_bytes"] / 2
+    # ComfyUI's own NVFP4 path and the pack compute from the same NVFP4 weights
+    cos = {n: results[n]["vs_bf16_latent"]["cosine"] for n in ("comfy-nvfp4", "reference")}
+    assert abs(cos["comfy-nvfp4"] - cos["reference"]) < 0.01, cos
+    assert results["reference+lora"]["strength_change"]["graphs_compiled"] == 0
