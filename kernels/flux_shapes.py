@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 HIDDEN = 3072
 MLP = 12288
 DOUBLE_BLOCKS = 19
@@ -90,3 +92,15 @@ def flux1_bfl_shapes(
     for name, shape in linears:
         out += [(f"{name}.weight", shape), (f"{name}.bias", (shape[0],))]
     return out + [(n, (128,)) for n in norms]
+
+
+def random_flux_tensor(name: str, shape: tuple[int, ...], gen: torch.Generator, device: str = "cpu") -> torch.Tensor:
+    """A random float32 tensor for the FLUX.1 tensor ``name``, scaled like trained layers: linear
+    weights N(0, 1/fan_in) (activations stay O(1) through the residual stack), biases
+    N(0, 0.02^2), norm scales 1 + N(0, 0.1^2). One ``randn`` draw from ``gen`` per tensor."""
+    t = torch.randn(shape, generator=gen, device=device)
+    if name.endswith(".scale"):
+        return 1 + 0.1 * t
+    if name.endswith(".bias"):
+        return 0.02 * t
+    return t / shape[1] ** 0.5

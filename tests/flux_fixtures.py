@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from kernels import nvfp4_dequantize, nvfp4_quantize, swap_nibbles, swizzle_scales
-from kernels.flux_shapes import flux1_bfl_shapes
+from kernels.flux_shapes import flux1_bfl_shapes, random_flux_tensor
 
 CTX, VEC, HEAD = 64, 32, 128
 
@@ -49,16 +49,7 @@ def block_linears(d: Dims) -> list[str]:
 
 def bfl_bf16_state_dict(d: Dims, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """Random FLUX.1-dev (1 double + 1 single block) in BFL names (bf16), std ~ 1/sqrt(K) like trained layers."""
-    sd = {}
-    for name, shape in tensor_shapes(d):
-        if name.endswith(".scale"):
-            t = 1 + 0.1 * torch.randn(shape, generator=gen)
-        elif name.endswith(".bias"):
-            t = torch.randn(shape, generator=gen) * 0.02
-        else:
-            t = torch.randn(shape, generator=gen) / shape[1] ** 0.5
-        sd[name] = t.to(torch.bfloat16)
-    return sd
+    return {name: random_flux_tensor(name, shape, gen).to(torch.bfloat16) for name, shape in tensor_shapes(d)}
 
 
 def quantize_layers(sd: dict, layers: list[str]) -> tuple[dict, dict]:

@@ -25,8 +25,10 @@ workdir's saved reference); ``+lora`` runs a third prompt at another strength (r
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
+import math
 import os
 import pathlib
 import statistics
@@ -116,6 +118,7 @@ def evict_from_page_cache(path: pathlib.Path) -> bool:
 RECORD: dict = {"forwards": [], "outputs": None, "latent": None}
 
 
+@functools.cache
 def _pack_autotune():
     return next(m for name, m in sys.modules.items() if name.endswith("kernels.autotune") and hasattr(m, "stats"))
 
@@ -320,7 +323,7 @@ def cosine_psnr(x, ref) -> dict:
     cos = torch.nn.functional.cosine_similarity(x, ref, dim=0).item()
     mse = torch.mean((x - ref) ** 2).item()
     span = (ref.max() - ref.min()).item()
-    psnr = float("inf") if mse == 0 else 10 * __import__("math").log10(span**2 / mse)
+    psnr = float("inf") if mse == 0 else 10 * math.log10(span**2 / mse)
     return {"cosine": cos, "psnr_db": psnr, "nan": bool(torch.isnan(x).any())}
 
 
@@ -366,7 +369,7 @@ def run_config(comfy, cfg: dict, size, steps: int, tokens: int, references: dict
     result["weight_vram_bytes"] = loaded_weight_bytes()
     if torch.cuda.is_available():
         result["peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
-    result["node_times_s"] = {k: v for k, v in NODE_TIMES.items()}
+    result["node_times_s"] = dict(NODE_TIMES)
 
     if steps != ACCURACY_STEPS:  # (an identical prompt would be answered from ComfyUI's cache)
         RECORD.update(forwards=[], outputs=[])

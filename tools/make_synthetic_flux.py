@@ -2,8 +2,7 @@
 
   python tools/make_synthetic_flux.py /tmp/flux1-dev-synthetic.safetensors [--schnell] [--device cuda]
 
-Random weights: linears N(0, 1/fan_in) (std 1/sqrt(in_features), the scale that keeps activations
-O(1) through the residual stack, like trained layers), biases N(0, 0.02^2), norm scales 1 + N(0, 0.1^2).
+Random weights as ``kernels.flux_shapes.random_flux_tensor`` draws them (linears N(0, 1/fan_in)).
 Streamed tensor by tensor (23.8 GB file, ~0.3 GB RAM). Not an image model: for measuring tools,
 memory and speed only.
 """
@@ -18,7 +17,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from kernels.flux_shapes import DOUBLE_BLOCKS, SINGLE_BLOCKS, flux1_bfl_shapes  # noqa: E402
+from kernels.flux_shapes import DOUBLE_BLOCKS, SINGLE_BLOCKS, flux1_bfl_shapes, random_flux_tensor  # noqa: E402
 from kernels.formats.writer import StreamingSafetensorsWriter  # noqa: E402
 
 
@@ -37,14 +36,7 @@ def write_synthetic_flux(
     specs = [(name, torch.bfloat16, shape) for name, shape in shapes]
     with StreamingSafetensorsWriter(output, specs) as writer:
         for name, shape in shapes:
-            t = torch.randn(shape, generator=gen, device=device)
-            if name.endswith(".scale"):
-                t = 1 + 0.1 * t
-            elif name.endswith(".bias"):
-                t = 0.02 * t
-            else:
-                t = t / shape[1] ** 0.5
-            writer.write(name, t.to(torch.bfloat16))
+            writer.write(name, random_flux_tensor(name, shape, gen, device).to(torch.bfloat16))
     return sum(torch.Size(s).numel() for _, s in shapes)
 
 
