@@ -52,6 +52,31 @@ def prepare_for_backend(
     return weight, weight_scale, weight_scale_2, prepare(weight_scale) if prepare is not None else None
 
 
+@torch.no_grad()
+def prepare_lora(
+    backend: str,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_scale_2: torch.Tensor,
+    aux: torch.Tensor | None,
+    down: torch.Tensor,
+    up: torch.Tensor,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A LoRA branch ``(down [R, K], up [N, R])`` (any float dtype, strength folded in) in the form
+    ``backend`` computes with: the op's ``lora`` argument for activations in ``dtype``. Made on
+    ``down``'s device; the layer's tensors are as :func:`prepare_for_backend` left them (``weight``
+    is only read for its dtype and shape, so it may stay where it is)."""
+    from .backends import LORA_PREPARERS, get_backend, plain_lora
+
+    get_backend(backend)
+    dev = down.device
+    weight_scale, weight_scale_2 = weight_scale.to(dev), weight_scale_2.to(dev)  # (weight: dtype, shape only)
+    aux = None if aux is None else aux.to(dev)
+    make = LORA_PREPARERS.get(backend, plain_lora)
+    return make(weight, weight_scale, weight_scale_2, aux, down.to(torch.float32), up.to(dev, torch.float32), dtype)
+
+
 class FP4Linear(KeepQuantDtypes, nn.Module):
     """``y = x @ W^T + b`` with ``W`` stored as NVFP4 (see module docstring for layouts)."""
 

@@ -6,7 +6,7 @@ node per linear and Inductor fuses the element-wise work around it.
 
 Signature::
 
-    fp4_linear(x, weight, weight_scale, alpha, bias, aux, backend) -> y
+    fp4_linear(x, weight, weight_scale, alpha, bias, aux, lora_down, lora_up, backend) -> y
 
 with the tensor contract stated in :mod:`kernels.backends`; ``backend`` is a name
 registered there. The op is registered once per process even if this file is
@@ -38,9 +38,11 @@ def _fp4_linear_impl(
     alpha: torch.Tensor,
     bias: torch.Tensor | None,
     aux: torch.Tensor | None,
+    lora_down: torch.Tensor | None,
+    lora_up: torch.Tensor | None,
     backend: str,
 ) -> torch.Tensor:
-    return backends.get_backend(backend)(x, weight, weight_scale, alpha, bias, aux)
+    return backends.get_backend(backend)(x, weight, weight_scale, alpha, bias, aux, lora_down, lora_up)
 
 
 def _fp4_linear_fake(
@@ -50,6 +52,8 @@ def _fp4_linear_fake(
     alpha: torch.Tensor,
     bias: torch.Tensor | None,
     aux: torch.Tensor | None,
+    lora_down: torch.Tensor | None,
+    lora_up: torch.Tensor | None,
     backend: str,
 ) -> torch.Tensor:
     # uint8: packed NVFP4 [N, K/2]; float8_e4m3fn: the fp8_resident backend's decoded [N, K]
@@ -81,6 +85,10 @@ def fp4_linear(
     bias: torch.Tensor | None = None,
     backend: str = "reference",
     aux: torch.Tensor | None = None,
+    lora: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """``y = x @ dequant(weight)^T + bias`` through the registered op (see module docstring)."""
-    return getattr(getattr(torch.ops, OP_NAMESPACE), OP_NAME)(x, weight, weight_scale, alpha, bias, aux, backend)
+    """``y = x @ dequant(weight)^T + bias`` (+ the LoRA branch ``lora = (down, up)`` in the backend's
+    form, :func:`kernels.fp4_linear.prepare_lora`) through the registered op (see module docstring)."""
+    down, up = (None, None) if lora is None else lora
+    op = getattr(getattr(torch.ops, OP_NAMESPACE), OP_NAME)
+    return op(x, weight, weight_scale, alpha, bias, aux, down, up, backend)

@@ -5,12 +5,13 @@ sampling and ``torch.compile`` tracing. No ComfyUI imports (the node in ``nodes/
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
 from . import autotune
 from .flux_shapes import image_tokens
+from .fp4_linear import prepare_lora
 from .fp4_linear_op import fp4_linear
 
 # which token count a FLUX block linear sees, by its (BFL) module name
@@ -43,26 +44,35 @@ def warmup_fp4_layers(
     batches: Iterable[int],
     text_tokens: int,
     progress: Callable[[int, int], None] | None = None,
+    lora_ranks: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
-    """Run each distinct (M, N, K, backend) once with tuning on; returns counts of what ran."""
-    work: dict[tuple, tuple[torch.nn.Module, int]] = {}
+    """Run each distinct (M, N, K, backend, LoRA rank) once with tuning on; returns counts of what ran.
+    ``lora_ranks``: the LoRA rank each layer will run with (by name; absent: no LoRA), so the
+    kernels' LoRA variants compile here too."""
+    work: dict[tuple, tuple[torch.nn.Module, int, int]] = {}
     for name, module in layers:
+        rank = (lora_ranks or {}).get(name, 0)
         for batch in batches:
             m = rows_for(name, width, height, batch, text_tokens)
             if m is None:
                 continue
             key = (m, module.weight.shape[0], module.in_features, module.fp4_backend, module.weight.dtype,
-                   module.bias is not None)  # fmt: skip
-            work.setdefault(key, (module, m))
+                   module.bias is not None, rank)  # fmt: skip
+            work.setdefault(key, (module, m, rank))
     before = dict(autotune.stats)
     with autotune.tuning_enabled(), torch.no_grad():
-        for i, (module, m) in enumerate(work.values()):
+        for i, (module, m, rank) in enumerate(work.values()):
             x = torch.randn(m, module.in_features, device=device, dtype=dtype)
-            tensors = [None if t is None else t.to(device) for t in
-                       (module.weight, module.weight_scale, module.weight_scale_2, module.aux)]  # fmt: skip
+            w, s, a, aux = [None if t is None else t.to(device) for t in
+                            (module.weight, module.weight_scale, module.weight_scale_2, module.aux)]  # fmt: skip
             # with the layer's bias: kernels specialize on it (a bias-less warmup compiles the wrong variant)
             bias = None if module.bias is None else module.bias.to(device, dtype)
-            fp4_linear(x, tensors[0], tensors[1], tensors[2], bias, module.fp4_backend, tensors[3])
+            lora = None
+            if rank:  # a zero branch of the same rank: same kernels, same shapes
+                down = torch.zeros(rank, module.in_features, device=device)
+                up = torch.zeros(w.shape[0], rank, device=device)
+                lora = prepare_lora(module.fp4_backend, w, s, a, aux, down, up, dtype)
+            fp4_linear(x, w, s, a, bias, module.fp4_backend, aux, lora)
             if progress is not None:
                 progress(i + 1, len(work))
     if device.type == "cuda":

@@ -2,10 +2,13 @@
 
 ``y = fp4_gemm(x) + (x @ A^T) @ B^T`` with ``A`` the stacked down-projections of every low-rank
 patch of the layer and ``B`` their up-projections times strength and ``alpha / rank``, placed at
-the rows the patch targets (fused qkv / linear1 slices), so several LoRAs cost one pair of small
-GEMMs. Removing a LoRA drops the branch: the base model is restored exactly. Patches that are not
-plain low-rank (full diffs, LoKr, DoRA, ...) fall back to: dequantize, patch with ComfyUI's own
-``calculate_weight``, keep that layer in bf16 (logged with the layer name).
+the rows the patch targets (fused qkv / linear1 slices), so several LoRAs cost one branch. The
+backend computes it (:func:`kernels.fp4_linear.prepare_lora`; the FP8 backends inside their FP8
+GEMM as extra K columns). In a mixed layer the rows kept dense get ``B A`` merged into a patched
+copy of those rows, as ComfyUI patches any bf16 weight. Removing a LoRA drops the branch: the
+base model is restored exactly. Patches that are not plain low-rank (full diffs, LoKr, DoRA, ...)
+fall back to: dequantize, patch with ComfyUI's own ``calculate_weight``, keep that layer in bf16
+(logged with the layer name).
 
 ComfyUI applies patches through ``ModelPatcher.patch_weight_to_device`` (full loads) or
 ``LowVramPatch`` weight functions (partial loads); both reach :meth:`NVFP4Linear.set_patches`.
@@ -42,8 +45,9 @@ def low_rank_factors(adapter) -> tuple[torch.Tensor, torch.Tensor, float | None]
     return up, down, None if alpha is None else float(alpha)
 
 
-def build_side_branch(patches: list, out_features: int, dtype: torch.dtype, device) -> tuple | None:
-    """``(A [R, K], B [N, R])`` for a list of ComfyUI patch tuples, or ``None`` if one is not low-rank."""
+def build_side_branch(patches: list, out_features: int, device) -> tuple | None:
+    """``(A [R, K], B [N, R])`` in float32 for a list of ComfyUI patch tuples, or ``None`` if one is
+    not low-rank."""
     downs, blocks = [], []
     for patch in patches:
         strength, adapter, strength_model, offset, function = patch[:5]
@@ -66,7 +70,7 @@ def build_side_branch(patches: list, out_features: int, dtype: torch.dtype, devi
     for (start, rows, up), down in zip(blocks, downs, strict=True):
         b[start : start + rows, col : col + down.shape[0]] = up
         col += down.shape[0]
-    return a.to(dtype), b.to(dtype)
+    return a, b
 
 
 def patched_dense_weight(dense: torch.Tensor, patches: list, key: str) -> torch.Tensor:

@@ -15,7 +15,7 @@ import comfy.ops
 import torch
 import torch.nn.functional as F
 
-from ..kernels.fp4_linear import prepare_for_backend
+from ..kernels.fp4_linear import prepare_for_backend, prepare_lora
 from ..kernels.fp4_linear_op import fp4_linear
 from ..kernels.keep_dtypes import KeepQuantDtypes
 from ..kernels.nvfp4 import nvfp4_dequantize
@@ -38,6 +38,15 @@ def in_segment_order(fp4_part: torch.Tensor, dense_part: torch.Tensor, segments,
     return torch.cat(pieces, dim=dim)
 
 
+def split_segments(t: torch.Tensor, segments) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of :func:`in_segment_order` on rows (dim 0): ``(NVFP4 rows, dense rows)``."""
+    fp4, dense, row = [], [], 0
+    for is_fp4, rows in segments:
+        (fp4 if is_fp4 else dense).append(t[row : row + rows])
+        row += rows
+    return torch.cat(fp4), torch.cat(dense)
+
+
 class LayerShapeError(ValueError):
     """A layer's tensors do not fit the model ComfyUI built (raised with the layer name)."""
 
@@ -54,7 +63,9 @@ class NVFP4Linear(KeepQuantDtypes, comfy.ops.manual_cast.Linear):
         self.bias = None
         self.is_fp4 = False
         self.segment_rows: tuple[tuple[bool, int], ...] = ()
-        self.lora_a = self.lora_b = self.dense_override = None  # set by LoRA patches (nodes/lora.py)
+        # set by LoRA patches (nodes/lora.py): the branch in the backend's form, a mixed layer's patched
+        # dense rows, or the whole layer patched in bf16 (patches that are not low-rank)
+        self.lora = self.dense_rows_patched = self.dense_override = None
         self._lowvram_patches_id = None
         self._compute_dtype = dtype
         self.weight_comfy_model_dtype = dtype
@@ -110,19 +121,24 @@ class NVFP4Linear(KeepQuantDtypes, comfy.ops.manual_cast.Linear):
     # ----- LoRA (see nodes/lora.py)
     def set_patches(self, patches: list, key: str, device=None) -> None:
         device = device if device is not None else self.weight.device
-        branch = build_side_branch(patches, self.out_features, self.compute_dtype(), device)
-        if branch is not None:
-            self.lora_a, self.lora_b = branch
-            self.dense_override = None
-        else:
+        self.clear_patches()
+        branch = build_side_branch(patches, self.out_features, device)
+        if branch is None:
             log.info("NVFP4: %s has a patch that is not low-rank: layer dequantized to bf16 while patched", key)
             self.dense_override = patched_dense_weight(self.dequantized_weight(device), patches, key).to(
                 self.compute_dtype()
             )
-            self.lora_a = self.lora_b = None
+            return
+        down, up = branch
+        if self.segment_rows:
+            up, dense_up = split_segments(up, self.segment_rows)
+            dense = self.dense_weight.to(device, torch.float32)
+            self.dense_rows_patched = (dense + dense_up @ down).to(self.dense_weight.dtype)
+        self.lora = prepare_lora(self.fp4_backend, self.weight, self.weight_scale, self.weight_scale_2, self.aux,
+                                 down, up, self.compute_dtype())  # fmt: skip
 
     def clear_patches(self) -> None:
-        self.lora_a = self.lora_b = self.dense_override = None
+        self.lora = self.dense_rows_patched = self.dense_override = None
         self._lowvram_patches_id = None
 
     def compute_dtype(self) -> torch.dtype:
@@ -158,10 +174,7 @@ class NVFP4Linear(KeepQuantDtypes, comfy.ops.manual_cast.Linear):
         if self.dense_override is not None:
             bias = None if self.bias is None else self.bias.to(x.device, x.dtype)
             return F.linear(x, self.dense_override.to(x.device, x.dtype), bias)
-        y = self._fp4_forward(x)
-        if self.lora_a is not None:
-            y = y + F.linear(F.linear(x, self.lora_a.to(x.device, x.dtype)), self.lora_b.to(x.device, x.dtype))
-        return y
+        return self._fp4_forward(x)
 
     def _fp4_forward(self, x):
         dev = x.device
@@ -176,11 +189,17 @@ class NVFP4Linear(KeepQuantDtypes, comfy.ops.manual_cast.Linear):
             bias = None if self.bias is None else self.bias.to(dev, x.dtype, non_blocking=True)
         s, a, aux = (None if v is None else v.to(dev, non_blocking=True)
                      for v in (self.weight_scale, self.weight_scale_2, self.aux))  # fmt: skip
+        lora = None
+        if self.lora is not None:  # (down in the compute dtype, up in the backend's form)
+            down, up = self.lora
+            up_dtype = up.dtype if up.dtype == torch.float8_e4m3fn else x.dtype
+            lora = (down.to(dev, x.dtype, non_blocking=True), up.to(dev, up_dtype, non_blocking=True))
         if not self.segment_rows:
-            y = fp4_linear(x, w, s, a, bias, self.fp4_backend, aux)
+            y = fp4_linear(x, w, s, a, bias, self.fp4_backend, aux, lora)
         else:
-            y4 = fp4_linear(x, w, s, a, None, self.fp4_backend, aux)
-            yd = F.linear(x, self.dense_weight.to(dev, x.dtype, non_blocking=True))
+            y4 = fp4_linear(x, w, s, a, None, self.fp4_backend, aux, lora)
+            dense = self.dense_weight if self.dense_rows_patched is None else self.dense_rows_patched
+            yd = F.linear(x, dense.to(dev, x.dtype, non_blocking=True))
             y = in_segment_order(y4, yd, self.segment_rows, dim=-1)
             y = y if bias is None else y + bias
         if staged is not None:

@@ -12,6 +12,7 @@ import folder_paths
 
 from ..kernels import autotune
 from ..kernels.warmup import warmup_fp4_layers
+from .lora import low_rank_factors
 
 log = logging.getLogger("nvfp4_flux")
 
@@ -19,6 +20,18 @@ log = logging.getLogger("nvfp4_flux")
 def user_cache_file() -> str:
     """``<ComfyUI user dir>/nvfp4_flux/<GPU>__torch-<v>__triton-<v>.json``."""
     return os.path.join(folder_paths.get_user_directory(), "nvfp4_flux", f"{autotune.device_signature()}.json")
+
+
+def lora_ranks(model, layers) -> dict[str, int]:
+    """Total low-rank LoRA rank per NVFP4 layer name from the patcher's patches (what the layer's
+    side branch will hold once ComfyUI applies them)."""
+    ranks = {}
+    for name, _ in layers:
+        factors = [low_rank_factors(p[1]) for p in model.patches.get(f"diffusion_model.{name}.weight", ())]
+        rank = sum(f[1].shape[0] for f in factors if f is not None)
+        if rank:
+            ranks[name] = rank
+    return ranks
 
 
 class NVFP4Warmup:
@@ -58,7 +71,7 @@ class NVFP4Warmup:
         start = time.perf_counter()
         stats = warmup_fp4_layers(
             layers, device, model.model.get_dtype(), width, height, (batch_size, 2 * batch_size), text_tokens,
-            progress=lambda done, total: pbar.update_absolute(done, total),
+            progress=lambda done, total: pbar.update_absolute(done, total), lora_ranks=lora_ranks(model, layers),
         )  # fmt: skip
         if stats["tuned"]:
             autotune.save_cache_file(cache)

@@ -276,3 +276,96 @@ def test_torch_decode_matches_the_kernel_byte_for_byte(gen):
     w8_k, col_k = decode_nvfp4_to_fp8(packed.to(DEVICE), scale.to(DEVICE), alpha.to(DEVICE), row_shift=shift.to(DEVICE))
     assert torch.equal(w8_t.view(torch.uint8), w8_k.cpu().view(torch.uint8))
     assert torch.equal(col_t, col_k.cpu())
+
+
+# ----------------------------------------------------------------------------- LoRA branch
+
+
+def lora_factors(n: int, k: int, rank: int, gen: torch.Generator, effect: float = 0.3):
+    """float32 ``(down [rank, K], up [N, rank])`` whose branch is about ``effect`` times the size of
+    the base output of :func:`quantized_layer`'s weights on N(0, 1) activations."""
+    down = torch.randn(rank, k, generator=gen) / k**0.5
+    up = torch.randn(n, rank, generator=gen) * (effect * 0.05 * k**0.5 / rank**0.5)
+    return down, up
+
+
+def run_backend_with_lora(backend, x, packed, scale, gs, bias, down, up):
+    from kernels.backends.fp8_decode import fp8_row_shift
+    from kernels.backends.w4a8 import make_fp8_resident
+    from kernels.fp4_linear import prepare_lora
+
+    if backend == "fp8_resident":
+        (w, a), s, aux = make_fp8_resident(packed, scale, gs), scale.new_empty(0), None
+    else:
+        w, s, a, aux = packed, scale, gs, fp8_row_shift(scale) if backend == "w4a8" else None
+    lora = prepare_lora(backend, w, s, a, aux, down.to(DEVICE), up.to(DEVICE), x.dtype)
+    return fp4_linear(x, w, s, a, bias, backend, aux, lora), lora
+
+
+def float64_with_lora(x, packed, scale, gs, bias, down, up):
+    xd = x.cpu().double()
+    return float64_reference(x, packed, scale, gs, bias) + (xd @ down.double().T) @ up.double().T
+
+
+ALL_BACKENDS = ["reference", "w4a16", "w4a8", "fp8_resident"]
+
+
+@pytest.mark.parametrize("rank", [5, 32])
+@pytest.mark.parametrize("shape", [(3, 144, 200), (65, 176, 112), (130, 64, 48)], ids=str)
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_lora_branch_matches_float64(backend, shape, rank, gen, force_fp8_gemm):
+    m, k, n = shape
+    packed, scale, gs = quantized_layer(n, k, gen)
+    down, up = lora_factors(n, k, rank, gen)
+    x = torch.randn(m, k, generator=gen).to(torch.bfloat16).to(DEVICE)
+    b = (torch.randn(n, generator=gen) * 0.1).to(torch.bfloat16).to(DEVICE)
+    poison_allocator()
+    y, lora = run_backend_with_lora(backend, x, packed, scale, gs, b, down, up)
+    assert y.shape == (m, n) and not torch.isnan(y).any()
+    ref = float64_with_lora(x, packed, scale, gs, b, down, up)
+    assert rel_err(y, ref) < BOUND[backend]
+    base = float64_reference(x, packed, scale, gs, b)
+    assert (ref - base).norm() > 0.1 * ref.norm(), "the test LoRA must matter"
+    if backend in ("w4a8", "fp8_resident"):  # B rides in the FP8 GEMM: e4m3, K + rank padded to 128
+        padded = lora[0].shape[0]
+        assert lora[1].dtype == torch.float8_e4m3fn and (k + padded) % 128 == 0 and rank <= padded < rank + 128
+
+
+@pytest.mark.parametrize("backend", ["w4a8", "fp8_resident"])
+def test_fp8_lora_error_at_flux_like_shape(backend, gen, force_fp8_gemm):
+    """The branch in the FP8 GEMM adds little error: same bound as the layer without LoRA."""
+    m, k, n = (256, 3072, 512) if DEVICE.type == "cuda" else (32, 3072, 64)
+    packed, scale, gs = quantized_layer(n, k, gen)
+    down, up = lora_factors(n, k, 32, gen, effect=0.5)
+    x = torch.randn(m, k, generator=gen).to(torch.bfloat16).to(DEVICE)
+    y, _ = run_backend_with_lora(backend, x, packed, scale, gs, None, down, up)
+    err = rel_err(y, float64_with_lora(x, packed, scale, gs, None, down, up))
+    assert not torch.isnan(y).any()
+    assert err < FLUX_SHAPE_BOUND, f"{backend} + LoRA: relative error {err:.4f}"
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_zero_lora_equals_no_lora(backend, gen, force_fp8_gemm):
+    """Strength 0 keeps the branch (no recompile) but changes nothing."""
+    packed, scale, gs = quantized_layer(96, 128, gen)
+    down, up = lora_factors(96, 128, 8, gen)
+    x = torch.randn(40, 128, generator=gen).to(torch.bfloat16).to(DEVICE)
+    y0, _ = run_backend_with_lora(backend, x, packed, scale, gs, None, down, up * 0)
+    plain = run_backend(backend, x, packed, scale, gs, None)
+    assert torch.allclose(y0.float(), plain.float(), rtol=1e-2, atol=1e-3 * plain.abs().max().item())
+
+
+@pytest.mark.parametrize("m", [1, 40])
+def test_fp8_lora_on_the_small_m_and_plain_paths(m, gen):
+    """W4A8 at M = 1 (W4A16 GEMV + branch added after) and on a layer with an all-zero row block
+    scale (plain-form fallback) still match float64."""
+    packed, scale, gs = quantized_layer(96, 128, gen)
+    down, up = lora_factors(96, 128, 8, gen)
+    x = torch.randn(m, 128, generator=gen).to(torch.bfloat16).to(DEVICE)
+    y, _ = run_backend_with_lora("w4a8", x, packed, scale, gs, None, down, up)
+    assert rel_err(y, float64_with_lora(x, packed, scale, gs, None, down, up)) < BOUND["w4a8"]
+    zero_alpha = gs * 0
+    y, lora = run_backend_with_lora("w4a8", x, packed, scale, zero_alpha, None, down, up)
+    assert lora[1].dtype == torch.bfloat16, "a zero column scale cannot carry B: plain form"
+    ref = float64_with_lora(x, packed, scale, zero_alpha, None, down, up)
+    assert rel_err(y, ref) < 1e-2

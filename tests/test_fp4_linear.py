@@ -104,14 +104,20 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     )
 
 
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_op_passes_torch_library_opcheck(with_bias, gen):
+@pytest.mark.parametrize("with_lora", [True, False], ids=["lora", "no_lora"])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_op_passes_torch_library_opcheck(with_bias, with_lora, gen):
     """Fake tensor, autograd registration and AOT dispatch checks. torch's schema check
     cannot compare float8 inputs on CPU, so non-mutation is checked directly instead."""
     packed, scales, gs = nvfp4_quantize(torch.randn(24, 64, generator=gen))
     x = torch.randn(5, 64, generator=gen, dtype=torch.bfloat16)
     bias = torch.randn(24, generator=gen, dtype=torch.bfloat16) if with_bias else None
-    args = (x, packed, scales, gs, bias, None, "reference")
+    down, up = (
+        (torch.randn(4, 64, dtype=torch.bfloat16), torch.randn(24, 4, dtype=torch.bfloat16))
+        if with_lora
+        else (None, None)
+    )
+    args = (x, packed, scales, gs, bias, None, down, up, "reference")
     torch.library.opcheck(
         torch.ops.nvfp4_flux.fp4_linear.default,
         args,

@@ -8,6 +8,10 @@ Methods (all on the same NVFP4 weights and bf16 activations, same GPU, same run)
   w4a8_fp8path  the W4A8 op forced onto its decode + FP8 path at every M
   fp8_resident  this pack's fp8-resident op (weights decoded at load; per-token FP8 + cuBLAS FP8)
   w4a16         this pack's W4A16 Triton kernel
+  w4a8_lora, fp8_resident_lora
+                the same ops with a rank-``--lora-rank`` LoRA branch (inside the FP8 GEMM as extra K)
+  w4a8_lora_unfused
+                W4A8 plus the branch added after it in bf16 ((x @ A^T) @ B^T, the earlier design)
 Also timed alone: the FP4->FP8 decode (GB/s) and the activation quantization.
 
 "ms" (the headline): GPU time per call from CUDA-graph replays over enough weight copies to
@@ -38,8 +42,10 @@ from kernels.backends import w4a8  # noqa: E402
 from kernels.backends.fp8_act_quant import quantize_act_fp8  # noqa: E402
 from kernels.backends.fp8_decode import decode_nvfp4_to_fp8, fp8_row_shift  # noqa: E402
 from kernels.flux_shapes import GemmShape, flux_block_gemms  # noqa: E402
+from kernels.fp4_linear import prepare_lora  # noqa: E402
 
-METHODS = ["bf16", "fp8_gemm", "comfy_nvfp4", "w4a8", "w4a8_fp8path", "fp8_resident", "w4a16"]
+METHODS = ["bf16", "fp8_gemm", "comfy_nvfp4", "w4a8", "w4a8_fp8path", "fp8_resident", "w4a16",
+           "w4a8_lora", "fp8_resident_lora", "w4a8_lora_unfused"]  # fmt: skip
 
 
 def bench_flushed(fn) -> float:
@@ -82,14 +88,26 @@ def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
 class LayerCopy:
     """One NVFP4 weight and every derived form the methods use."""
 
-    def __init__(self, shape, gen) -> None:
+    def __init__(self, shape, gen, lora_rank: int) -> None:
         w = torch.randn(shape.n, shape.k, generator=gen, device="cuda") * 0.02
+        # a LoRA whose branch is ~30% of the layer's output (as a strong style LoRA)
+        self.down = torch.randn(lora_rank, shape.k, generator=gen, device="cuda") / shape.k**0.5
+        self.up = torch.randn(shape.n, lora_rank, generator=gen, device="cuda") * (
+            0.3 * 0.02 * shape.k**0.5 / lora_rank**0.5
+        )
         self.packed, self.scale, self.gs = nvfp4_quantize(w)
         self.row_shift = fp8_row_shift(self.scale)
         self.w_bf16 = nvfp4_dequantize(self.packed, self.scale, self.gs, dtype=torch.bfloat16)
         self.w8, self.col_scale = decode_nvfp4_to_fp8(self.packed, self.scale, self.gs)
         self.ck_packed = swap_nibbles(self.packed)  # comfy-kitchen: even element in the high nibble
         self.ck_scale = swizzle_scales(self.scale)  # and scales in cuBLAS's tiled layout
+        bf16 = torch.bfloat16
+        self.lora_w4a8 = prepare_lora(
+            "w4a8", self.packed, self.scale, self.gs, self.row_shift, self.down, self.up, bf16
+        )
+        self.lora_fp8r = prepare_lora("fp8_resident", self.w8, self.scale.new_empty(0), self.col_scale, None,
+                                      self.down, self.up, bf16)  # fmt: skip
+        self.lora_bf16 = prepare_lora("reference", self.packed, self.scale, self.gs, None, self.down, self.up, bf16)
 
     def methods(self, x, q, row_scale) -> dict:
         c = self
@@ -103,6 +121,11 @@ class LayerCopy:
             "w4a8_fp8path": lambda: _forced_fp8path(x, c),
             "fp8_resident": lambda: fp4_linear(x, c.w8, c.scale.new_empty(0), c.col_scale, None, "fp8_resident"),
             "w4a16": lambda: fp4_linear(x, c.packed, c.scale, c.gs, None, "w4a16"),
+            "w4a8_lora": lambda: fp4_linear(x, c.packed, c.scale, c.gs, None, "w4a8", c.row_shift, c.lora_w4a8),
+            "fp8_resident_lora": lambda: fp4_linear(x, c.w8, c.scale.new_empty(0), c.col_scale, None, "fp8_resident",
+                                                    None, c.lora_fp8r),
+            "w4a8_lora_unfused": lambda: fp4_linear(x, c.packed, c.scale, c.gs, None, "w4a8", c.row_shift)
+            + F.linear(F.linear(x, c.lora_bf16[0]), c.lora_bf16[1]),
         }  # fmt: skip
         try:
             import comfy_kitchen as ck
@@ -121,13 +144,14 @@ def _forced_fp8path(x, c):
         w4a8.W4A8_SMALL_M = old
 
 
-def run_shape(shape, methods, gen) -> dict:
+def run_shape(shape, methods, gen, lora_rank: int) -> dict:
     packed_bytes = shape.n * shape.k * (0.5 + 1 / 16)
-    copies = [LayerCopy(shape, gen) for _ in range(max(2, min(40, math.ceil(160e6 / packed_bytes))))]
+    copies = [LayerCopy(shape, gen, lora_rank) for _ in range(max(2, min(40, math.ceil(160e6 / packed_bytes))))]
     x = torch.randn(shape.m, shape.k, generator=gen, device="cuda").to(torch.bfloat16)
     q, row_scale = quantize_act_fp8(x)
     c0 = copies[0]
     ref = x.double() @ nvfp4_dequantize(c0.packed, c0.scale, c0.gs, dtype=torch.float64).T
+    ref_lora = ref + (x.double() @ c0.down.double().T) @ c0.up.double().T
     per_copy = [c.methods(x, q, row_scale) for c in copies]
     row = {"name": shape.name, "m": shape.m, "k": shape.k, "n": shape.n, "count": shape.count,
            "weight_copies": len(copies), "ms": {}, "ms_flushed": {}, "err": {}}  # fmt: skip
@@ -137,7 +161,7 @@ def run_shape(shape, methods, gen) -> dict:
         with autotune.tuning_enabled():
             y = per_copy[0][name]()  # tunes Triton configs for this shape (outside the timed region)
         torch.cuda.synchronize()
-        row["err"][name] = rel_err(y, ref)
+        row["err"][name] = rel_err(y, ref_lora if "lora" in name else ref)
         row["ms"][name] = bench_graph_rotated([fns[name] for fns in per_copy])
         row["ms_flushed"][name] = bench_flushed(per_copy[0][name])
     decode_bytes = shape.n * shape.k * (0.5 + 1 / 16 + 1)
@@ -158,6 +182,7 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=1024)
     ap.add_argument("--probe-m", default="4,16,64,128,256", help="extra M values on the qkv shape (count 0)")
     ap.add_argument("--save-tuned", default=None, help="folder to write the tuned-config JSON into")
+    ap.add_argument("--lora-rank", type=int, default=32, help="rank of the *_lora methods' LoRA")
     args = ap.parse_args()
 
     methods = args.methods.split(",")
@@ -166,7 +191,7 @@ def main() -> None:
     t0 = time.time()
     shapes = flux_block_gemms(args.width, args.height)
     shapes += [GemmShape(f"probe.qkv.M{m}", int(m), 3072, 9216, 0) for m in args.probe_m.split(",") if m]
-    rows = [run_shape(s, methods, gen) for s in shapes]
+    rows = [run_shape(s, methods, gen, args.lora_rank) for s in shapes]
     totals = {m: sum(r["ms"][m] * r["count"] for r in rows if m in r["ms"]) for m in methods}
     bf16_total = totals.get("bf16")
     result = {
@@ -174,6 +199,7 @@ def main() -> None:
         "torch": torch.__version__,
         "triton": __import__("triton").__version__,
         "resolution": [args.width, args.height],
+        "lora_rank": args.lora_rank,
         "rows": rows,
         "forward_gemm_ms": totals,
         "speedup_vs_bf16": {m: bf16_total / t for m, t in totals.items() if t and bf16_total},
@@ -201,6 +227,15 @@ def main() -> None:
     print("max rel err: " + ", ".join(f"{m}={max(r['err'][m] for r in rows if m in r['err']):.4f}" for m in shown))
     print("forward GEMM ms: " + ", ".join(f"{m}={totals[m]:.2f}" for m in shown))
     print("speedup vs bf16: " + ", ".join(f"{m}={v:.3f}x" for m, v in result["speedup_vs_bf16"].items()))
+    for base, with_lora in (
+        ("w4a8", "w4a8_lora"),
+        ("fp8_resident", "fp8_resident_lora"),
+        ("w4a8", "w4a8_lora_unfused"),
+    ):
+        if totals.get(base) and totals.get(with_lora):
+            extra = totals[with_lora] - totals[base]
+            print(f"rank-{args.lora_rank} LoRA on every block GEMM, {with_lora}: +{extra:.2f} ms per forward "
+                  f"(+{100 * extra / totals[base]:.1f}% of {base}'s GEMM time)")  # fmt: skip
 
 
 if __name__ == "__main__":

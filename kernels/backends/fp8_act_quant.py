@@ -4,6 +4,10 @@
 ``x[m, k] ~= float(q[m, k]) * scale[m]``, ``scale[m] = max(amax(|x[m]|) / 448, 1e-12)``.
 Rows up to 16384 wide are held in registers and read once; wider rows take two sweeps
 (the second from L2).
+
+With ``extra[M, R]`` (a LoRA branch's ``x @ down^T``) the row is ``[x[m], extra[m]]``: the scale
+covers both, ``q`` is ``[M, K + R]`` and its last ``R`` columns hold ``extra`` (so one FP8 GEMM
+over ``K + R`` computes the layer and its LoRA branch together).
 """
 
 from __future__ import annotations
@@ -18,42 +22,61 @@ SINGLE_SWEEP_MAX_K = 16384
 
 
 @triton.jit
-def _act_quant_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, BLOCK_K: tl.constexpr, ONE_SWEEP: tl.constexpr):
+def _act_quant_kernel(
+    x_ptr, e_ptr, q_ptr, s_ptr, K, R, stride_xm, stride_em, stride_qm,
+    BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, ONE_SWEEP: tl.constexpr, HAS_EXTRA: tl.constexpr,
+):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_K)
+    amax = 0.0
+    if HAS_EXTRA:
+        offs_r = tl.arange(0, BLOCK_R)
+        e = tl.load(e_ptr + row * stride_em + offs_r, mask=offs_r < R, other=0.0).to(tl.float32)
+        amax = tl.max(tl.abs(e), axis=0)
     if ONE_SWEEP:
         x = tl.load(x_ptr + row * stride_xm + offs, mask=offs < K, other=0.0).to(tl.float32)
-        scale = tl.maximum(tl.max(tl.abs(x), axis=0) / FP8_MAX, MIN_SCALE)
+        scale = tl.maximum(tl.maximum(tl.max(tl.abs(x), axis=0), amax) / FP8_MAX, MIN_SCALE)
         q = tl.minimum(tl.maximum(x * (1.0 / scale), -FP8_MAX), FP8_MAX)
         tl.store(q_ptr + row * stride_qm + offs, q.to(tl.float8e4nv, fp_downcast_rounding="rtne"), mask=offs < K)
     else:
-        amax = tl.zeros((BLOCK_K,), tl.float32)
+        amax_k = tl.zeros((BLOCK_K,), tl.float32)
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + offs
             x = tl.load(x_ptr + row * stride_xm + kk, mask=kk < K, other=0.0).to(tl.float32)
-            amax = tl.maximum(amax, tl.abs(x))
-        scale = tl.maximum(tl.max(amax, axis=0) / FP8_MAX, MIN_SCALE)
+            amax_k = tl.maximum(amax_k, tl.abs(x))
+        scale = tl.maximum(tl.maximum(tl.max(amax_k, axis=0), amax) / FP8_MAX, MIN_SCALE)
         inv = 1.0 / scale
         for k0 in range(0, K, BLOCK_K):
             kk = k0 + offs
             x = tl.load(x_ptr + row * stride_xm + kk, mask=kk < K, other=0.0).to(tl.float32)
             q = tl.minimum(tl.maximum(x * inv, -FP8_MAX), FP8_MAX)
             tl.store(q_ptr + row * stride_qm + kk, q.to(tl.float8e4nv, fp_downcast_rounding="rtne"), mask=kk < K)
+    if HAS_EXTRA:
+        qe = tl.minimum(tl.maximum(e * (1.0 / scale), -FP8_MAX), FP8_MAX)
+        tl.store(q_ptr + row * stride_qm + K + offs_r, qe.to(tl.float8e4nv, fp_downcast_rounding="rtne"),
+                 mask=offs_r < R)  # fmt: skip
     tl.store(s_ptr + row, scale)
 
 
-def quantize_act_fp8(x2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row dynamic FP8 quantization of a 2-D activation (see module doc)."""
+def quantize_act_fp8(x2d: torch.Tensor, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row dynamic FP8 quantization of a 2-D activation, optionally with ``extra`` columns
+    appended (see module doc): ``(q [M, K (+ R)], scale [M])``."""
     m, k = x2d.shape
     if x2d.stride(-1) != 1:
         x2d = x2d.contiguous()
-    q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x2d.device)
+    r = 0 if extra is None else extra.shape[1]
+    if extra is not None and extra.stride(-1) != 1:
+        extra = extra.contiguous()
+    q = torch.empty((m, k + r), dtype=torch.float8_e4m3fn, device=x2d.device)
     scale = torch.empty((m,), dtype=torch.float32, device=x2d.device)
     if m:
         one_sweep = k <= SINGLE_SWEEP_MAX_K
         block_k = triton.next_power_of_2(k) if one_sweep else 4096
         warps = 4 if block_k <= 2048 else 8 if block_k <= 8192 else 16
         _act_quant_kernel[(m,)](
-            x2d, q, scale, k, x2d.stride(0), q.stride(0), BLOCK_K=block_k, ONE_SWEEP=one_sweep, num_warps=warps
-        )
+            x2d, x2d if extra is None else extra, q, scale, k, r, x2d.stride(0),
+            0 if extra is None else extra.stride(0), q.stride(0),
+            BLOCK_K=block_k, BLOCK_R=triton.next_power_of_2(max(r, 1)), ONE_SWEEP=one_sweep,
+            HAS_EXTRA=extra is not None, num_warps=warps,
+        )  # fmt: skip
     return q, scale

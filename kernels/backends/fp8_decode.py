@@ -41,10 +41,19 @@ def decode_nvfp4_to_fp8_torch(
     scale = (weight_scale.to(torch.float32) * row_shift.unsqueeze(1)).unsqueeze(-1)
     w8 = (values * scale).view(n, k).to(torch.float8_e4m3fn)
     if out is not None:
-        out = out.view(-1)[: n * k].view(n, k)
+        out = _output_view(out, n, k)
         out.copy_(w8)
         w8 = out
     return w8, alpha.to(torch.float32) / row_shift
+
+
+def _output_view(out: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """``out`` as the ``[N, K]`` e4m3 tensor to write: a 2-D view as given, a flat buffer's prefix."""
+    if out.ndim == 2:
+        if tuple(out.shape) != (n, k) or out.stride(1) != 1:
+            raise ValueError(f"decode output must be [{n}, {k}] with unit column stride, got {tuple(out.shape)}")
+        return out
+    return out[: n * k].view(n, k)
 
 
 def fp8_row_shift(weight_scale: torch.Tensor) -> torch.Tensor:
@@ -114,7 +123,8 @@ def decode_nvfp4_to_fp8(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode packed NVFP4 ``[N, K/2]`` to e4m3 ``[N, K]`` plus ``col_scale[N]`` (see module doc).
 
-    ``out`` may be a reused scratch buffer with at least ``N * K`` elements; ``row_shift`` is
+    ``out`` may be a reused flat scratch buffer with at least ``N * K`` elements, or an ``[N, K]``
+    view with unit column stride (e.g. the first ``K`` columns of a wider buffer); ``row_shift`` is
     :func:`fp8_row_shift` of ``weight_scale`` when the caller has it (computed here otherwise).
     """
     if row_shift is None:
@@ -125,8 +135,7 @@ def decode_nvfp4_to_fp8(
     k = half_k * 2
     if out is None:
         out = torch.empty((n, k), dtype=torch.float8_e4m3fn, device=weight.device)
-    else:
-        out = out.view(-1)[: n * k].view(n, k)
+    out = _output_view(out, n, k)
     col_scale = torch.empty(n, dtype=torch.float32, device=weight.device)
     alpha = alpha.to(torch.float32)
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..nvfp4 import nvfp4_dequantize
-from . import register_backend
+from . import add_low_rank, register_backend
 
 
 def reference_fp4_linear(
@@ -20,10 +20,12 @@ def reference_fp4_linear(
     alpha: torch.Tensor,
     bias: torch.Tensor | None,
     aux: torch.Tensor | None = None,
+    lora_down: torch.Tensor | None = None,
+    lora_up: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``F.linear(x, dequantize(weight) in x.dtype, bias)``."""
+    """``F.linear(x, dequantize(weight) in x.dtype, bias)`` plus the LoRA branch in ``x.dtype``."""
     w = nvfp4_dequantize(weight, weight_scale, alpha, dtype=x.dtype)
-    return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+    return add_low_rank(F.linear(x, w, None if bias is None else bias.to(x.dtype)), x, lora_down, lora_up)
 
 
 register_backend("reference", reference_fp4_linear)

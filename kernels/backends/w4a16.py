@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from ..autotune import Config, pick_config
-from . import register_backend
+from . import add_low_rank, register_backend
 from .fp4_decode_tl import decode_fp4_tile, e2m1_pair_table, e2m1_pair_to_f32, e2m1_to_f32, e4m3_to_f32
 from .reference import reference_fp4_linear
 
@@ -162,9 +162,17 @@ def w4a16_fp4_linear(
     alpha: torch.Tensor,
     bias: torch.Tensor | None,
     aux: torch.Tensor | None = None,
+    lora_down: torch.Tensor | None = None,
+    lora_up: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The op contract's function, computed by the W4A16 Triton kernels (bf16/fp16 activations;
-    others go to the reference backend)."""
+    others go to the reference backend). A LoRA branch is added in ``x.dtype``."""
+    return add_low_rank(_w4a16_gemm(x, weight, weight_scale, alpha, bias), x, lora_down, lora_up)
+
+
+def _w4a16_gemm(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     if x.dtype not in (torch.bfloat16, torch.float16):
         return reference_fp4_linear(x, weight, weight_scale, alpha, bias)
     n, half_k = weight.shape
