@@ -48,3 +48,22 @@ def test_each_distinct_shape_runs_once(monkeypatch):
     # and 8, 16 (text: 16 is already warmed), the 64x128 one M = 24, 48: five distinct GEMMs.
     assert stats["shapes"] == len(calls) == 5
     assert sorted(calls) == [(8, 64), (16, 64), (24, 128), (32, 64), (48, 128)]
+
+
+def test_layers_with_a_lora_warm_the_lora_variant(monkeypatch):
+    """A layer that will run with a LoRA branch is warmed with a branch of the same (padded) rank,
+    so the kernels' LoRA variants compile in the warmup, not in the first step."""
+    seen = []
+    import kernels.warmup as warmup
+
+    real = warmup.fp4_linear
+    monkeypatch.setattr(warmup, "fp4_linear", lambda x, *a: seen.append((tuple(x.shape), a[-1])) or real(x, *a))
+    layer = _Layer.from_linear(torch.nn.Linear(64, 96))
+    layers = [("double_blocks.0.img_attn.qkv", layer), ("double_blocks.1.img_attn.qkv", layer)]
+    stats = warmup_fp4_layers(layers, torch.device("cpu"), torch.bfloat16, 64, 64, (1,), 8,
+                              lora_ranks={"double_blocks.1.img_attn.qkv": 12})  # fmt: skip
+    assert stats["shapes"] == 2  # same GEMM once without and once with the branch
+    loras = sorted((lora is not None) for _, lora in seen)
+    assert loras == [False, True]
+    down, up = next(lora for _, lora in seen if lora is not None)
+    assert down.shape == (12, 64) and up.shape == (96, 12) and down.dtype == up.dtype == torch.bfloat16
