@@ -4,7 +4,8 @@
 |---|---|---|
 | CPU, MPS, anything not CUDA | ``reference`` | no Triton GPU kernels there |
 | CUDA, Triton missing | ``reference`` | the GPU kernels are Triton |
-| sm_89 (Ada), sm_90 (Hopper), sm_100+ (Blackwell) | ``w4a8`` | FP8 tensor cores |
+| sm_100/103/120/121 (Blackwell) | ``w4a4`` | native NVFP4 GEMM, if its first-use check passes |
+| sm_89 (Ada), sm_90 (Hopper), Blackwell otherwise | ``w4a8`` | FP8 tensor cores |
 | sm_80/86/87 (Ampere) | ``w4a16`` | no FP8: decode to bf16 inside the GEMM |
 | older CUDA GPUs | ``reference`` | no bf16 tensor cores |
 
@@ -23,11 +24,11 @@ from .triton_support import HAS_TRITON, TRITON_MISSING_REASON
 
 log = logging.getLogger("nvfp4_flux")
 
-BACKEND_NAMES = ("w4a8", "fp8_resident", "w4a16", "reference")
+BACKEND_NAMES = ("w4a8", "fp8_resident", "w4a4", "w4a16", "reference")
 AUTO = "auto"
 
 # minimum compute capability per Triton backend
-_MIN_CAPABILITY = {"w4a8": (8, 9), "fp8_resident": (8, 9), "w4a16": (8, 0)}
+_MIN_CAPABILITY = {"w4a8": (8, 9), "fp8_resident": (8, 9), "w4a4": (10, 0), "w4a16": (8, 0)}
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,10 @@ def backend_runs_on(name: str, device: torch.device) -> tuple[bool, str]:
     need = _MIN_CAPABILITY[name]
     if cap < need:
         return False, f"{name} needs compute capability {need[0]}.{need[1]}+, {where} has {cap[0]}.{cap[1]}"
+    if name == "w4a4":
+        from .backends.w4a4 import native_w4a4_check
+
+        return native_w4a4_check(device)
     return True, ""
 
 
@@ -73,6 +78,13 @@ def choose_backend(device: torch.device | str, requested: str = AUTO) -> Backend
         return BackendChoice("reference", f"{where} is not a CUDA GPU: dequantize + torch linear")
     if not HAS_TRITON:
         return BackendChoice("reference", TRITON_MISSING_REASON)
+    if cap >= (10, 0):
+        from .backends.w4a4 import native_w4a4_check
+
+        ok, why = native_w4a4_check(device)
+        if ok:
+            return BackendChoice("w4a4", f"{where}: native NVFP4 GEMM (checked against its emulation)")
+        return BackendChoice("w4a8", f"{where}: {why}; FP4 weights decoded to FP8 instead")
     if cap >= (8, 9):
         return BackendChoice("w4a8", f"{where} has FP8 tensor cores: FP4 weights decoded to FP8")
     if cap >= (8, 0):

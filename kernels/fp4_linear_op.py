@@ -26,7 +26,8 @@ from . import backends
 from .backends import reference as _reference  # noqa: F401  (registers "reference")
 from .triton_support import HAS_TRITON
 
-if HAS_TRITON:  # registers "w4a16", "w4a8", "fp8_resident"
+if HAS_TRITON:  # registers "w4a16", "w4a8", "fp8_resident", "w4a4"
+    from .backends import w4a4 as _w4a4  # noqa: F401
     from .backends import w4a8 as _w4a8  # noqa: F401
     from .backends import w4a16 as _w4a16  # noqa: F401
 

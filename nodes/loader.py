@@ -95,7 +95,8 @@ class NVFP4FluxLoader:
             "required": {
                 "model_name": (list_checkpoints(), {"tooltip": "A file or diffusers folder in diffusion_models"}),
                 "backend": ([AUTO, *BACKEND_NAMES], {"default": AUTO, "tooltip": (
-                    "auto picks per GPU: w4a8 (Hopper/Ada/Blackwell), w4a16 (Ampere), reference (CPU). "
+                    "auto picks per GPU: w4a4 (Blackwell, native FP4, if its first-use check passes), "
+                    "w4a8 (Hopper/Ada, Blackwell otherwise), w4a16 (Ampere), reference (CPU). "
                     "fp8_resident: faster on Hopper/Ada, 1 byte per weight in VRAM instead of ~0.56.")}),
                 "compute_dtype": (list(COMPUTE_DTYPES), {"default": "bf16"}),
             }
