@@ -83,17 +83,19 @@ def start_comfyui(comfyui: str | os.PathLike, cli_args: list[str], home: pathlib
     import comfy.options
 
     comfy.options.enable_args_parsing()
-    from comfy.cli_args import args, enables_dynamic_vram
+    import comfy.cli_args
 
-    _init_aimdo_control(args, enables_dynamic_vram())
-    import comfy.memory_management
+    args = comfy.cli_args.args
+    # ComfyUI before dynamic VRAM (e.g. v0.8) has neither this switch nor comfy.memory_management
+    dynamic = getattr(comfy.cli_args, "enables_dynamic_vram", lambda: False)()
+    _init_aimdo_control(args, dynamic)
     import comfy.model_management
     import comfy.model_patcher
     import folder_paths
 
     import nodes
 
-    if enables_dynamic_vram() and comfy.model_management.is_nvidia():
+    if dynamic and comfy.model_management.is_nvidia():
         _enable_dynamic_vram(args, comfy)
     folder_paths.add_model_folder_path("custom_nodes", str(custom_nodes))
     for folder in ("diffusion_models", "loras", "text_encoders", "vae"):
@@ -126,6 +128,7 @@ def _init_aimdo_control(args, dynamic: bool) -> None:
 
 def _enable_dynamic_vram(args, comfy) -> None:
     """main.py's switch to ``ModelPatcherDynamic`` when comfy-aimdo finds the GPUs."""
+    import comfy.memory_management
     import comfy_aimdo.control
 
     devices = comfy.model_management.get_all_torch_devices()
