@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..nvfp4 import BLOCK_SIZE, nvfp4_dequantize
+from ..nvfp4 import BLOCK_SIZE, nvfp4_dequantize, nvfp4_quantize
 from ..scale_layout import swizzle_scales, unswizzle_scales
 from . import add_low_rank, register_backend
 from .nvfp4_act_quant import quantize_act_nvfp4
@@ -104,8 +104,6 @@ def native_w4a4_check(device: torch.device | str) -> tuple[bool, str]:
     ok, why = native_fp4_available(device)
     if ok:
         gen = torch.Generator(device="cpu").manual_seed(0)
-        from ..nvfp4 import nvfp4_quantize
-
         wq, ws, wg = (t.to(device) for t in nvfp4_quantize(torch.randn(256, 512, generator=gen) * 0.05))
         x = (torch.randn(128, 512, generator=gen)).to(device, torch.bfloat16)
         try:
