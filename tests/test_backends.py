@@ -173,7 +173,7 @@ def test_float32_activations_fall_back_to_reference(gen):
 
 
 def test_fp8_decode_keeps_every_row_inside_e4m3(gen):
-    from kernels.backends.fp8_decode import decode_nvfp4_to_fp8
+    from kernels.backends.weight_decode import decode_nvfp4_to_fp8
 
     # rows spanning 4 decades (inside what e4m3 block scales can express under one global scale)
     w = torch.randn(64, 256, generator=gen) * torch.logspace(-3, 1, 64).unsqueeze(1)
@@ -251,7 +251,7 @@ def test_compiled_gpu_backend_has_no_graph_break(backend, gen):
 def test_fp8_row_shift_is_exact_ceil_log2(gen):
     import math
 
-    from kernels.backends.fp8_decode import fp8_row_shift
+    from kernels.backends.weight_decode import fp8_row_shift
 
     scales = (torch.rand(256, 40, generator=gen) * 448).clamp_min(2**-9).to(torch.float8_e4m3fn)
     down = fp8_row_shift(scales)
@@ -294,9 +294,57 @@ def test_gemv_decodes_alike_with_and_without_pair_table(use_lut, gen, monkeypatc
     assert rel_err(y, float64_reference(x, packed, scale, gs, None)) < BOUND["w4a16"]
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_dense_decode_equals_nvfp4_dequantize_byte_for_byte(dtype, gen):
+    from kernels.backends.weight_decode import decode_nvfp4_dense
+
+    w = torch.randn(96, 272, generator=gen) * torch.logspace(-2, 1, 96).unsqueeze(1)
+    packed, scale, gs = nvfp4_quantize(w)
+    for alpha in (gs, gs * torch.exp2(torch.randint(-2, 3, (96,), generator=gen).float())):
+        out = torch.full((96 * 272 + 5,), float("nan"), dtype=dtype, device=DEVICE)  # a larger flat scratch
+        dense = decode_nvfp4_dense(packed.to(DEVICE), scale.to(DEVICE), alpha.to(DEVICE), out)
+        expected = nvfp4_dequantize(packed, scale, alpha, dtype=dtype)
+        assert dense.shape == (96, 272) and torch.equal(dense.cpu(), expected)
+
+
+@pytest.fixture
+def w4a16_path(request, monkeypatch):
+    """Force the W4A16 GEMM path for M > GEMV_MAX_M: "fused" (decode in the GEMM's registers) or
+    "decode_then_cublas" (decode into the scratch, cuBLAS), with an empty tuning cache."""
+    import kernels.backends.w4a16 as w4a16
+
+    monkeypatch.setattr(w4a16, "FUSED_DEFAULT_MAX_M", 1 << 30 if request.param == "fused" else 0)
+    monkeypatch.setattr("kernels.autotune._cache", {})
+    return request.param
+
+
+@pytest.mark.parametrize("w4a16_path", ["fused", "decode_then_cublas"], indirect=True)
+@pytest.mark.parametrize("per_channel", [False, True], ids=["scalar_alpha", "per_channel_alpha"])
+@pytest.mark.parametrize("shape", [(7, 80, 130), (65, 176, 112), (130, 64, 48)], ids=str)
+def test_w4a16_gemm_paths_match_float64(w4a16_path, shape, per_channel, gen):
+    m, k, n = shape
+    packed, scale, gs = quantized_layer(n, k, gen, per_channel=per_channel)
+    x = torch.randn(m, k, generator=gen).to(torch.bfloat16).to(DEVICE)
+    b = (torch.randn(n, generator=gen) * 0.1).to(torch.bfloat16).to(DEVICE)
+    poison_allocator()
+    y = fp4_linear(x, packed, scale, gs, b, "w4a16")
+    assert not torch.isnan(y).any()
+    assert rel_err(y, float64_reference(x, packed, scale, gs, b)) < BOUND["w4a16"]
+
+
+@pytest.mark.parametrize("w4a16_path", ["decode_then_cublas"], indirect=True)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_w4a16_decode_path_equals_the_reference_backend(w4a16_path, bias, gen):
+    """Same decoded bytes, same cuBLAS call: the large-M W4A16 path is the reference, faster."""
+    packed, scale, gs = quantized_layer(144, 256, gen, per_channel=True)
+    x = torch.randn(96, 256, generator=gen).to(torch.bfloat16).to(DEVICE)
+    b = (torch.randn(144, generator=gen) * 0.1).to(torch.bfloat16).to(DEVICE) if bias else None
+    assert torch.equal(fp4_linear(x, packed, scale, gs, b, "w4a16"), fp4_linear(x, packed, scale, gs, b, "reference"))
+
+
 def test_torch_decode_matches_the_kernel_byte_for_byte(gen):
     """fp8_resident prepared on the CPU at load (torch ops) equals the Triton decode."""
-    from kernels.backends.fp8_decode import decode_nvfp4_to_fp8, decode_nvfp4_to_fp8_torch, fp8_row_shift
+    from kernels.backends.weight_decode import decode_nvfp4_to_fp8, decode_nvfp4_to_fp8_torch, fp8_row_shift
 
     w = torch.randn(96, 272, generator=gen) * torch.logspace(-2, 1, 96).unsqueeze(1)
     packed, scale, gs = nvfp4_quantize(w)
@@ -320,8 +368,8 @@ def lora_factors(n: int, k: int, rank: int, gen: torch.Generator, effect: float 
 
 
 def run_backend_with_lora(backend, x, packed, scale, gs, bias, down, up):
-    from kernels.backends.fp8_decode import fp8_row_shift
     from kernels.backends.w4a8 import make_fp8_resident
+    from kernels.backends.weight_decode import fp8_row_shift
     from kernels.fp4_linear import prepare_lora
 
     if backend == "fp8_resident":

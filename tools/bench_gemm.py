@@ -7,7 +7,7 @@ Methods (all on the same NVFP4 weights and bf16 activations, same GPU, same run)
   w4a8          this pack's W4A8 op (decode once per call + per-token FP8 + cuBLAS FP8; W4A16 for small M)
   w4a8_fp8path  the W4A8 op forced onto its decode + FP8 path at every M
   fp8_resident  this pack's fp8-resident op (weights decoded at load; per-token FP8 + cuBLAS FP8)
-  w4a16         this pack's W4A16 Triton kernel
+  w4a16         this pack's W4A16 op (Ampere path: GEMV, fused decode GEMM, or decode + cuBLAS, per shape)
   w4a8_lora, fp8_resident_lora
                 the same ops with a rank-``--lora-rank`` LoRA branch (inside the FP8 GEMM as extra K)
   w4a8_lora_unfused
@@ -38,9 +38,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from kernels import autotune, fp4_linear, nvfp4_dequantize, nvfp4_quantize, swap_nibbles, swizzle_scales  # noqa: E402
-from kernels.backends import w4a8  # noqa: E402
+from kernels.backends import w4a8, w4a16  # noqa: E402
 from kernels.backends.fp8_act_quant import quantize_act_fp8  # noqa: E402
-from kernels.backends.fp8_decode import decode_nvfp4_to_fp8, fp8_row_shift  # noqa: E402
+from kernels.backends.weight_decode import decode_nvfp4_dense, decode_nvfp4_to_fp8, fp8_row_shift  # noqa: E402
 from kernels.flux_shapes import GemmShape, flux_block_gemms  # noqa: E402
 from kernels.fp4_linear import prepare_lora  # noqa: E402
 
@@ -170,8 +170,26 @@ def run_shape(shape, methods, gen, lora_rank: int) -> dict:
     )
     row["decode_gbps"] = decode_bytes / row["decode_ms"] / 1e6
     row["act_quant_ms"] = bench_graph_rotated([lambda: quantize_act_fp8(x)])
+    dense = torch.empty(shape.n * shape.k, dtype=torch.bfloat16, device="cuda")
+    row["dense_decode_gbps"] = (
+        shape.n
+        * shape.k
+        * (0.5 + 1 / 16 + 2)
+        / 1e6
+        / bench_graph_rotated([lambda c=c: decode_nvfp4_dense(c.packed, c.scale, c.gs, dense) for c in copies])
+    )
+    row["w4a16_path"] = w4a16_path(shape.m, shape.n, shape.k)
     row["tflops"] = {name: shape.flops / ms / 1e9 for name, ms in row["ms"].items()}
     return row
+
+
+def w4a16_path(m: int, n: int, k: int) -> str:
+    """Which W4A16 path the tuner (or the default) takes for this shape."""
+    if m <= w4a16.GEMV_MAX_M:
+        return "gemv"
+    key = autotune.cache_key("w4a16_gemm", (w4a16.m_bucket(m), n, k, str(torch.bfloat16)))
+    cfg = autotune._cache.get(key) or w4a16._gemm_candidates(m)[0]
+    return "decode+cuBLAS" if cfg.get("DENSE") else "fused"
 
 
 def main() -> None:
@@ -213,11 +231,11 @@ def main() -> None:
     shown = [m for m in methods if m in totals and totals[m]]
     print(f"{result['gpu']}  torch {result['torch']}  triton {result['triton']}")
     print(f"{'shape':34s} {'M':>5s} {'K':>6s} {'N':>6s} " + " ".join(f"{m:>12s}" for m in shown)
-          + "  dec GB/s  actq ms")  # fmt: skip
+          + "  dec GB/s  bf16dec GB/s  actq ms  w4a16 path")  # fmt: skip
     for r in rows:
         ratio = " ".join(f"{r['ms']['bf16'] / r['ms'][m]:11.2f}x" if m in r["ms"] else f"{'-':>12s}" for m in shown)
         print(f"{r['name']:34s} {r['m']:5d} {r['k']:6d} {r['n']:6d} {ratio}  {r['decode_gbps']:8.0f}  "
-              f"{r['act_quant_ms']:.4f}")  # fmt: skip
+              f"{r['dense_decode_gbps']:12.0f}  {r['act_quant_ms']:.4f}  {r['w4a16_path']}")  # fmt: skip
     print("one-call-at-a-time ratios (do_bench, L2 flushed, Python launch cost included):")
     for r in rows:
         f = r["ms_flushed"]

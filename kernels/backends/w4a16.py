@@ -1,17 +1,22 @@
-"""W4A16 backend: Triton kernels that decode FP4 to the activation dtype inside the GEMM.
+"""W4A16 backend: FP4 weights, bf16/fp16 activations and tensor cores (Ampere; any GPU without FP8).
 
-``y[M, N] = (x[M, K] @ (e2m1 * block_scale)[N, K]^T) * alpha + bias``, float32 accumulation.
-The decoded weights (code x e4m3 scale) are exact in bf16 and fp16, so the only rounding is
-the accumulation's. Used on Ampere (no FP8) and, on Hopper/Ada, for small M where the
-weight bytes, not the arithmetic, set the time (modulation rows).
+``y[M, N] = (x[M, K] @ (e2m1 * block_scale * alpha)[N, K]^T) + bias``. Three paths, chosen per
+shape by the tuner (:func:`kernels.autotune.pick_config`; the untuned default in brackets):
 
-The GEMV loads weights as 3-D tiles ``[BLOCK_N, BLOCK_K/16, 8]`` (rows, 16-element blocks,
-bytes), so a block's scale applies to the sum of its 16 products without reshaping registers.
-The GEMM decodes a ``[BLOCK_N, BLOCK_K]`` tile with :func:`decode_fp4_tile` (Triton 3.6 fails
-to compile the 3-D form feeding ``tl.dot`` on sm_90).
+* GEMV (``M <= GEMV_MAX_M``): no tensor cores, one program per (N block, row); reads the 4-bit
+  weights once per row. The weights load as 3-D tiles ``[BLOCK_N, BLOCK_K/16, 8]`` (rows,
+  16-element blocks, bytes) so a block's scale applies to the sum of its 16 products.
+* fused GEMM [``M <= FUSED_DEFAULT_MAX_M``]: a tiled ``tl.dot`` GEMM that decodes each weight tile
+  in registers (:func:`decode_fp4_tile`), once per M tile, accumulating in float32; ``alpha`` and
+  bias in the epilogue.
+* decode + cuBLAS [larger M]: the layer is decoded once per call into the per-device scratch
+  (:func:`decode_nvfp4_dense`, bytes identical to ``nvfp4_dequantize``) and multiplied by cuBLAS
+  (``addmm``); the same numbers as the reference backend, with a decode that runs near memory
+  bandwidth. At large M the fused kernel decodes every weight tile once per M tile and loses.
 
-* ``M <= GEMV_MAX_M``: a GEMV kernel (no tensor cores), one program per (N block, row).
-* otherwise: a tiled ``tl.dot`` GEMM.
+Decoded weights (code x e4m3 scale) are exact in bf16/fp16; the fused and GEMV paths apply
+``alpha`` after accumulation, the decode path folds it into the weights (one rounding, as the
+reference does).
 
 Tensor layouts are the op contract's (:mod:`kernels.backends`).
 """
@@ -26,20 +31,29 @@ from ..autotune import Config, pick_config
 from . import add_low_rank, register_backend
 from .fp4_decode_tl import decode_fp4_tile, e2m1_pair_table, e2m1_pair_to_f32, e2m1_to_f32, e4m3_to_f32
 from .reference import reference_fp4_linear
+from .scratch import scratch
+from .weight_decode import decode_nvfp4_dense
 
 GEMV_MAX_M = 4
 
 
+# Above this many rows the untuned default is decode + cuBLAS (H100, qkv 3072 x 9216: the fused
+# kernel took 47 us at M = 16, 56 at 64, 90 at 128 against ~55 for decode + cuBLAS; bench/NOTES.md).
+FUSED_DEFAULT_MAX_M = 32
+DECODE_THEN_CUBLAS: Config = {"DENSE": 1}
+
+
 def _gemm_candidates(m: int) -> list[Config]:
-    """Tile configs worth trying for ``m`` rows; the first is the untuned default."""
+    """Paths worth trying for ``m`` rows: the fused kernel's tile configs and decode + cuBLAS;
+    the first is the untuned default."""
     small = [(16, 64, 256, 4, 4), (16, 128, 128, 4, 4), (32, 64, 256, 4, 4), (32, 128, 128, 4, 4),
              (16, 64, 128, 4, 4)]  # fmt: skip
     medium = [(64, 128, 128, 8, 3), (64, 64, 128, 4, 4), (64, 128, 64, 4, 4), (128, 64, 128, 8, 3)]
-    large = [(128, 128, 64, 8, 3), (128, 128, 128, 8, 3), (128, 256, 64, 8, 3), (128, 64, 128, 4, 4),
-             (64, 128, 128, 8, 3)]  # fmt: skip
+    large = [(128, 128, 64, 8, 3), (128, 128, 128, 8, 3), (128, 64, 128, 4, 4)]
     table = small if m <= 32 else medium if m <= 128 else large
-    return [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "num_stages": st}
-            for bm, bn, bk, w, st in table]  # fmt: skip
+    fused = [{"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "num_stages": st}
+             for bm, bn, bk, w, st in table]  # fmt: skip
+    return [*fused, DECODE_THEN_CUBLAS] if m <= FUSED_DEFAULT_MAX_M else [DECODE_THEN_CUBLAS, *fused]
 
 
 GEMV_CANDIDATES: list[Config] = [
@@ -200,10 +214,17 @@ def _w4a16_gemm(
     else:
 
         def launch(cfg: Config) -> None:
+            if cfg.get("DENSE"):
+                w = decode_nvfp4_dense(weight, weight_scale, alpha, scratch(x.device, x.dtype, n * k))
+                if bias is None:
+                    torch.mm(x2, w.t(), out=y)
+                else:
+                    torch.addmm(bias.to(x.dtype), x2, w.t(), out=y)
+                return
             grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
             _w4a16_gemm_kernel[grid](*args, m, n, k, *strides, **flags, **cfg)
 
-        launch(pick_config("w4a16", (m_bucket(m), n, k, str(x.dtype)), _gemm_candidates(m), launch))
+        launch(pick_config("w4a16_gemm", (m_bucket(m), n, k, str(x.dtype)), _gemm_candidates(m), launch))
     return y.reshape(*x.shape[:-1], n)
 
 

@@ -3,7 +3,7 @@
 Per call, for ``x[M, K]`` and a packed NVFP4 weight ``[N, K/2]``:
 
 1. decode the layer's weight once to e4m3 ``[N, K]`` in a per-device scratch buffer
-   (:mod:`.fp8_decode`: a memory-bound Triton pass; the buffer is reused by every layer,
+   (:mod:`.weight_decode`: a memory-bound Triton pass; the buffer is reused by every layer,
    so only one layer's FP8 copy exists at a time);
 2. quantize ``x`` to e4m3 with a dynamic per-token scale (:mod:`.fp8_act_quant`);
 3. ``torch._scaled_mm`` (cuBLAS FP8, QGMMA on sm_90) with the row scales of ``x``, the
@@ -38,22 +38,13 @@ import torch.nn.functional as F
 
 from . import add_low_rank, plain_lora, register_backend
 from .fp8_act_quant import quantize_act_fp8
-from .fp8_decode import decode_nvfp4_to_fp8, fp8_row_shift
+from .scratch import scratch
 from .w4a16 import w4a16_fp4_linear
+from .weight_decode import decode_nvfp4_to_fp8, fp8_row_shift
 
 # At or below this many rows the W4A16 GEMV (which decodes once per row) beats decode + FP8 GEMM:
 # 1.21x bf16 at M = 1, 0.35x at M = 4 where the FP8 path gives 0.62x (bench/h100_gemm_v6.json).
 W4A8_SMALL_M = 1
-
-_scratch: dict[torch.device, torch.Tensor] = {}
-
-
-def _scratch_for(device: torch.device, numel: int) -> torch.Tensor:
-    buf = _scratch.get(device)
-    if buf is None or buf.numel() < numel:
-        buf = torch.empty(numel, dtype=torch.float8_e4m3fn, device=device)
-        _scratch[device] = buf
-    return buf
 
 
 def fp8_gemm_supports(n: int, k: int) -> bool:
@@ -88,7 +79,7 @@ def fp8_scaled_mm(
 def _weight_with_lora_columns(device: torch.device, n: int, k: int, lora_down: torch.Tensor | None) -> torch.Tensor:
     """The scratch as an e4m3 ``[N, K + R]`` matrix (``R = 0`` without LoRA)."""
     kk = k + (0 if lora_down is None else lora_down.shape[0])
-    return _scratch_for(device, n * kk)[: n * kk].view(n, kk)
+    return scratch(device, torch.float8_e4m3fn, n * kk).view(n, kk)
 
 
 def w4a8_fp4_linear(
@@ -162,7 +153,7 @@ def padded_rank(r: int, k: int) -> int:
 def fp8_column_scale(
     weight: torch.Tensor, weight_scale: torch.Tensor, alpha: torch.Tensor, aux: torch.Tensor | None
 ) -> torch.Tensor:
-    """The FP8 GEMM's float32 column scale ``[N]`` of this layer (see :mod:`.fp8_decode`):
+    """The FP8 GEMM's float32 column scale ``[N]`` of this layer (see :mod:`.weight_decode`):
     ``alpha`` itself for fp8-resident weights, ``alpha / row_shift`` for packed NVFP4."""
     n = weight.shape[0]
     alpha = alpha.to(torch.float32)

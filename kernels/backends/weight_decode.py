@@ -1,6 +1,11 @@
-"""NVFP4 -> FP8 E4M3 weight decode (Triton), shared by the W4A8 and fp8-resident backends.
+"""NVFP4 weight decode (Triton): to FP8 E4M3 for the W4A8 and fp8-resident backends, to bf16/fp16
+for the W4A16 backend's large-M path. One kernel does both (``FP8_OUT``).
 
-Output ``w8[N, K]`` (e4m3, row-major) and ``col_scale[N]`` (float32) with
+Dense (``decode_nvfp4_dense``): ``W[n, k] = e2m1 * (float(block_scale) * alpha[n])`` in float32,
+rounded to nearest even in the output dtype: the same arithmetic as
+:func:`kernels.nvfp4.nvfp4_dequantize` (ModelOpt's), so the same bytes.
+
+FP8 (``decode_nvfp4_to_fp8``): output ``w8[N, K]`` (e4m3, row-major) and ``col_scale[N]`` (float32) with
 ``W[n, k] ~= float(w8[n, k]) * col_scale[n]``.
 
 A decoded value ``e2m1 * block_scale`` reaches ``6 * 448 = 2688``, beyond e4m3's 448, and
@@ -48,7 +53,7 @@ def decode_nvfp4_to_fp8_torch(
 
 
 def _output_view(out: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    """``out`` as the ``[N, K]`` e4m3 tensor to write: a 2-D view as given, a flat buffer's prefix."""
+    """``out`` as the ``[N, K]`` tensor to write: a 2-D view as given, a flat buffer's prefix."""
     if out.ndim == 2:
         if tuple(out.shape) != (n, k) or out.stride(1) != 1:
             raise ValueError(f"decode output must be [{n}, {k}] with unit column stride, got {tuple(out.shape)}")
@@ -69,24 +74,29 @@ def fp8_row_shift(weight_scale: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def _decode_fp8_kernel(
+def _decode_kernel(
     w_ptr, s_ptr, alpha_ptr, down_ptr, out_ptr, col_scale_ptr,
     N, K,
     stride_wn, stride_sn, stride_on,
-    ALPHA_PER_ROW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ALPHA_PER_ROW: tl.constexpr, FP8_OUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """Grid (row blocks, K chunks): one [BLOCK_N, BLOCK_K] tile each; K chunk 0 writes col_scale."""
+    """Grid (row blocks, K chunks): one [BLOCK_N, BLOCK_K] tile each. ``FP8_OUT``: codes x block
+    scale x row shift (``down``) to e4m3, K chunk 0 writes ``col_scale = alpha / down``; otherwise
+    codes x (block scale x alpha) to the output's dtype (``down_ptr``/``col_scale_ptr`` unused)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
-    down = tl.load(down_ptr + offs_n, mask=n_ok, other=1.0)
-    if pid_k == 0:
-        if ALPHA_PER_ROW:
-            alpha = tl.load(alpha_ptr + offs_n, mask=n_ok, other=0.0)
-        else:
-            alpha = tl.load(alpha_ptr)
-        tl.store(col_scale_ptr + offs_n, alpha / down, mask=n_ok)
+    if ALPHA_PER_ROW:
+        alpha = tl.load(alpha_ptr + offs_n, mask=n_ok, other=0.0)
+    else:
+        alpha = tl.load(alpha_ptr + offs_n * 0)
+    if FP8_OUT:
+        mult = tl.load(down_ptr + offs_n, mask=n_ok, other=1.0)
+        if pid_k == 0:
+            tl.store(col_scale_ptr + offs_n, alpha / mult, mask=n_ok)
+    else:
+        mult = alpha
 
     k0 = pid_k * BLOCK_K
     kp = k0 // 2 + tl.arange(0, BLOCK_K // 2)
@@ -97,11 +107,11 @@ def _decode_fp8_kernel(
     sb = tl.load(
         s_ptr + offs_n[:, None] * stride_sn + ks[None, :], mask=n_ok[:, None] & (ks < K // 16)[None, :], other=0
     )
-    w = decode_fp4_tile(packed, e4m3_to_f32(sb) * down[:, None], BLOCK_N, BLOCK_K)
+    w = decode_fp4_tile(packed, e4m3_to_f32(sb) * mult[:, None], BLOCK_N, BLOCK_K)
     kk = k0 + tl.arange(0, BLOCK_K)
     tl.store(
         out_ptr + offs_n[:, None] * stride_on + kk[None, :],
-        w.to(tl.float8e4nv, fp_downcast_rounding="rtne"),
+        w.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"),
         mask=n_ok[:, None] & (kk < K)[None, :],
     )
 
@@ -139,12 +149,32 @@ def decode_nvfp4_to_fp8(
     col_scale = torch.empty(n, dtype=torch.float32, device=weight.device)
     alpha = alpha.to(torch.float32)
 
+    _launch_decode("fp8_decode", weight, weight_scale, alpha, row_shift, out, col_scale)
+    return out, col_scale
+
+
+def decode_nvfp4_dense(
+    weight: torch.Tensor, weight_scale: torch.Tensor, alpha: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
+    """Decode packed NVFP4 ``[N, K/2]`` into ``out`` (``[N, K]`` bf16/fp16/fp32, or a flat scratch
+    buffer of at least ``N * K`` elements of that dtype); returns the ``[N, K]`` view. Bytes equal
+    :func:`kernels.nvfp4.nvfp4_dequantize` (see module doc). CUDA tensors (or Triton's interpreter)."""
+    n, half_k = weight.shape
+    out = _output_view(out, n, half_k * 2)
+    alpha = alpha.to(torch.float32)
+    _launch_decode("dense_decode", weight, weight_scale, alpha, alpha, out, alpha)
+    return out
+
+
+def _launch_decode(name, weight, weight_scale, alpha, row_shift, out, col_scale) -> None:
+    """One decode launch (``name`` is also the tuning key; ``fp8_decode`` writes e4m3 + col_scale)."""
+    n, k = out.shape
+
     def launch(cfg: Config) -> None:
-        _decode_fp8_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(k, cfg["BLOCK_K"]))](
+        _decode_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(k, cfg["BLOCK_K"]))](
             weight, weight_scale.view(torch.uint8), alpha, row_shift, out, col_scale,
             n, k, weight.stride(0), weight_scale.stride(0), out.stride(0),
-            ALPHA_PER_ROW=alpha.ndim == 1, **cfg,
+            ALPHA_PER_ROW=alpha.ndim == 1, FP8_OUT=name == "fp8_decode", **cfg,
         )  # fmt: skip
 
-    launch(pick_config("fp8_decode", (n, k), DECODE_CANDIDATES, launch))
-    return out, col_scale
+    launch(pick_config(name, (n, k), DECODE_CANDIDATES, launch))
