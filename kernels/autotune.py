@@ -3,8 +3,10 @@
 Triton's ``@autotune`` tunes lazily on the first call, which may be inside a sampling step
 or under ``torch.compile``. Here tuning happens only when asked (:func:`tuning_enabled`,
 used by the warmup node); any other call uses a cached config or a heuristic default and
-never benchmarks. Caches are JSON files keyed by GPU name, torch and Triton versions:
-``kernels/tuned/`` ships configs measured here; user caches go wherever the caller says.
+never benchmarks. Candidates are timed by GPU time from CUDA-graph replays with a cold L2
+(:func:`gpu_time_ms`), not by per-call Python timing. Caches are JSON files keyed by GPU name,
+torch and Triton versions: ``kernels/tuned/`` ships configs measured here; user caches go
+wherever the caller says.
 
 A cache entry maps ``"<kernel>|<key>"`` to a config dict (block sizes, warps, stages).
 """
@@ -108,12 +110,10 @@ def pick_config(
     if not getattr(_state, "tuning", False) or _interpreting() or len(candidates) == 1:
         stats["defaults"] += 1
         return candidates[0]
-    import triton.testing
-
     best, best_ms = candidates[0], float("inf")
     for cfg in candidates:
         try:
-            ms = triton.testing.do_bench(lambda cfg=cfg: launch(cfg), warmup=5, rep=20, return_mode="median")
+            ms = gpu_time_ms(lambda cfg=cfg: launch(cfg))
         except Exception:  # a config that does not fit (shared memory, registers) is skipped
             continue
         if ms < best_ms:
@@ -122,3 +122,48 @@ def pick_config(
         _cache[ck] = dict(best)
     stats["tuned"] += 1
     return best
+
+
+_flush_buffers: dict[torch.device, torch.Tensor] = {}
+L2_FLUSH_BYTES = 128 << 20  # larger than any current GPU's L2 (H100 50 MB, B200 126 MB)
+
+
+def gpu_time_ms(fn: Callable[[], None], calls: int = 8, replays: int = 3) -> float:
+    """GPU time of one ``fn()`` with a cold L2, host launch cost excluded.
+
+    ``fn`` runs once (compiling, and tuning what it calls), then ``calls`` copies of
+    [L2 flush, ``fn``] are captured in one CUDA graph and ``calls`` flushes in another; the
+    difference of their best replay times over ``calls``. A per-call timing from Python (as
+    ``triton.testing.do_bench`` does) measures the host instead wherever the host launches more
+    slowly than the GPU runs, which made the tuner prefer one slow launch to two fast ones
+    on a slow host.
+    """
+    device = torch.device("cuda", torch.cuda.current_device())
+    flush = _flush_buffers.get(device)
+    if flush is None:
+        flush = _flush_buffers[device] = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device)
+    stream = torch.cuda.Stream(device)  # warm up on the capture stream (cuBLAS workspaces, ...)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        fn()
+    stream.synchronize()
+    graphs = {"flush": torch.cuda.CUDAGraph(), "both": torch.cuda.CUDAGraph()}
+    for name, graph in graphs.items():
+        with torch.cuda.graph(graph, stream=stream):
+            for _ in range(calls):
+                flush.zero_()
+                if name == "both":
+                    fn()
+    best = {}
+    for name, graph in graphs.items():
+        graph.replay()
+        times = []
+        for _ in range(replays):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        best[name] = min(times)
+    return max(best["both"] - best["flush"], 0.0) / calls

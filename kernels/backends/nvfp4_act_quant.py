@@ -11,7 +11,11 @@
 The math is ModelOpt's NVFP4 quantizer (:func:`kernels.nvfp4.nvfp4_quantize`), byte for byte:
 per 16-element block ``s = amax / (6 * g)`` (zero blocks 1, clamped to ``[2**-9, 448]``, rounded
 to e4m3), codes ``e2m1_round(x / (float(s) * g))`` ties to even, saturating at 6, sign bit only
-for values < 0. ``g = 0`` (an all-zero ``x``) gives codes 0 and scales 1.
+for values < 0. ``g = 0`` (an all-zero ``x``) gives codes 0 and scales 1. Both divisions are IEEE
+round-to-nearest (``tl.math.div_rn``): Triton's ``/`` on float32 is an approximate division on the
+GPU, which moved values across E2M1 rounding ties (Triton's CPU interpreter divides exactly).
+The dynamic ``g`` is :func:`kernels.nvfp4.nvfp4_global_scale` on ``x``'s device (CUDA divides by
+the constant through a reciprocal multiply, so it can differ from a CPU quotient by one ulp).
 """
 
 from __future__ import annotations
@@ -49,12 +53,12 @@ def _nvfp4_act_quant_kernel(
     ).to(tl.float32)
     g = tl.load(g_ptr)
     amax = tl.max(tl.abs(x), axis=2)
-    s = amax / (6.0 * g)
+    s = tl.math.div_rn(amax, 6.0 * g)  # IEEE division: Triton's "/" is approximate on the GPU
     s = tl.where(s == 0, 1.0, s)
     s = tl.where(g == 0, 1.0, s)  # (amax / 0: an all-zero x)
     s = tl.minimum(tl.maximum(s, 0.001953125), 448.0).to(tl.float8e4nv, fp_downcast_rounding="rtne")
     divisor = s.to(tl.float32) * g
-    v = tl.where(divisor[:, :, None] == 0, 0.0, x / divisor[:, :, None])
+    v = tl.where(divisor[:, :, None] == 0, 0.0, tl.math.div_rn(x, tl.broadcast_to(divisor[:, :, None], x.shape)))
     code = tl.reshape(_e2m1_code(v), (BLOCK_M, BLOCK_B * 8, 2))
     even, odd = tl.split(code)
     byte = (even + odd * 16).to(tl.uint8)  # even element in the low nibble

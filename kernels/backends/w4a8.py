@@ -27,8 +27,9 @@ own relative error is a few percent of the branch, not of the output. ``R`` is p
 so that ``K + R`` is a multiple of 128: cuBLAS FP8 needs a multiple of 16 and runs a ragged K
 much slower (H100, M=4608, K=3072, N=21504: 391 us without LoRA, 480 with K + 32, 425 with
 K + 128; bench/NOTES.md), and ranks up to 128 share one shape (no recompile when swapping).
-The weight part is written into the per-device scratch next to ``B8``: W4A8 decodes into it,
-``fp8_resident`` copies its resident weight into it (one extra read of the FP8 weight per call).
+The weight part is written into the per-device scratch next to ``B8``: W4A8 decodes into it
+(the decode launch copies ``B8`` too), ``fp8_resident`` copies its resident weight into it (one
+extra read of the FP8 weight per call).
 """
 
 from __future__ import annotations
@@ -108,9 +109,7 @@ def w4a8_fp4_linear(
         up = _dense_lora_up(lora_up, fp8_column_scale(weight, weight_scale, alpha, aux), x.dtype)
         return add_low_rank(y, x, lora_down, up)
     w8 = _weight_with_lora_columns(x.device, n, k, lora_down)
-    _, col_scale = decode_nvfp4_to_fp8(weight, weight_scale, alpha, out=w8[:, :k], row_shift=aux)
-    if lora_down is not None:
-        w8[:, k:].copy_(lora_up)
+    _, col_scale = decode_nvfp4_to_fp8(weight, weight_scale, alpha, out=w8[:, :k], row_shift=aux, extra_columns=lora_up)
     return fp8_scaled_mm(x2, w8, col_scale, bias, x.dtype, lora_down).reshape(*x.shape[:-1], n)
 
 

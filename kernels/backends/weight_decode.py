@@ -75,18 +75,26 @@ def fp8_row_shift(weight_scale: torch.Tensor) -> torch.Tensor:
 
 @triton.jit
 def _decode_kernel(
-    w_ptr, s_ptr, alpha_ptr, down_ptr, out_ptr, col_scale_ptr,
-    N, K,
-    stride_wn, stride_sn, stride_on,
+    w_ptr, s_ptr, alpha_ptr, down_ptr, out_ptr, col_scale_ptr, extra_ptr,
+    N, K, R,
+    stride_wn, stride_sn, stride_on, stride_en,
     ALPHA_PER_ROW: tl.constexpr, FP8_OUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     """Grid (row blocks, K chunks): one [BLOCK_N, BLOCK_K] tile each. ``FP8_OUT``: codes x block
     scale x row shift (``down``) to e4m3, K chunk 0 writes ``col_scale = alpha / down``; otherwise
-    codes x (block scale x alpha) to the output's dtype (``down_ptr``/``col_scale_ptr`` unused)."""
+    codes x (block scale x alpha) to the output's dtype (``down_ptr``/``col_scale_ptr`` unused).
+    ``BLOCK_R > 0``: K chunk 0 also copies ``extra[n, :R]`` to ``out[n, K:K + R]``."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
+    if BLOCK_R > 0:
+        if pid_k == 0:
+            offs_r = tl.arange(0, BLOCK_R)
+            r_ok = n_ok[:, None] & (offs_r < R)[None, :]
+            extra = tl.load(extra_ptr + offs_n[:, None] * stride_en + offs_r[None, :], mask=r_ok)
+            tl.store(out_ptr + offs_n[:, None] * stride_on + K + offs_r[None, :], extra, mask=r_ok)
     if ALPHA_PER_ROW:
         alpha = tl.load(alpha_ptr + offs_n, mask=n_ok, other=0.0)
     else:
@@ -130,26 +138,37 @@ def decode_nvfp4_to_fp8(
     alpha: torch.Tensor,
     out: torch.Tensor | None = None,
     row_shift: torch.Tensor | None = None,
+    extra_columns: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode packed NVFP4 ``[N, K/2]`` to e4m3 ``[N, K]`` plus ``col_scale[N]`` (see module doc).
 
     ``out`` may be a reused flat scratch buffer with at least ``N * K`` elements, or an ``[N, K]``
     view with unit column stride (e.g. the first ``K`` columns of a wider buffer); ``row_shift`` is
     :func:`fp8_row_shift` of ``weight_scale`` when the caller has it (computed here otherwise).
+    ``extra_columns`` (e4m3 ``[N, R]``, e.g. a LoRA's ``B8``) is copied in the same launch to the
+    ``R`` columns after each output row's ``K`` (``out`` must then be an ``[N, K]`` view of a
+    row-major ``[N, K + R]`` buffer).
     """
     if row_shift is None:
         row_shift = fp8_row_shift(weight_scale)
-    if not weight.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        return decode_nvfp4_to_fp8_torch(weight, weight_scale, alpha, row_shift, out)
     n, half_k = weight.shape
     k = half_k * 2
+    if extra_columns is not None:
+        r = extra_columns.shape[1]
+        if out is None or out.ndim != 2 or out.stride(0) < k + r or extra_columns.dtype != torch.float8_e4m3fn:
+            raise ValueError("extra_columns needs e4m3 [N, R] and out as an [N, K] view of an [N, K + R] buffer")
+    if not weight.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        w8, col_scale = decode_nvfp4_to_fp8_torch(weight, weight_scale, alpha, row_shift, out)
+        if extra_columns is not None:
+            out.as_strided((n, r), (out.stride(0), 1), out.storage_offset() + k).copy_(extra_columns)
+        return w8, col_scale
     if out is None:
         out = torch.empty((n, k), dtype=torch.float8_e4m3fn, device=weight.device)
     out = _output_view(out, n, k)
     col_scale = torch.empty(n, dtype=torch.float32, device=weight.device)
     alpha = alpha.to(torch.float32)
 
-    _launch_decode("fp8_decode", weight, weight_scale, alpha, row_shift, out, col_scale)
+    _launch_decode("fp8_decode", weight, weight_scale, alpha, row_shift, out, col_scale, extra_columns)
     return out, col_scale
 
 
@@ -166,15 +185,17 @@ def decode_nvfp4_dense(
     return out
 
 
-def _launch_decode(name, weight, weight_scale, alpha, row_shift, out, col_scale) -> None:
+def _launch_decode(name, weight, weight_scale, alpha, row_shift, out, col_scale, extra=None) -> None:
     """One decode launch (``name`` is also the tuning key; ``fp8_decode`` writes e4m3 + col_scale)."""
     n, k = out.shape
+    r = 0 if extra is None else extra.shape[1]
 
     def launch(cfg: Config) -> None:
         _decode_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(k, cfg["BLOCK_K"]))](
-            weight, weight_scale.view(torch.uint8), alpha, row_shift, out, col_scale,
-            n, k, weight.stride(0), weight_scale.stride(0), out.stride(0),
-            ALPHA_PER_ROW=alpha.ndim == 1, FP8_OUT=name == "fp8_decode", **cfg,
+            weight, weight_scale.view(torch.uint8), alpha, row_shift, out, col_scale, out if extra is None else extra,
+            n, k, r, weight.stride(0), weight_scale.stride(0), out.stride(0), 0 if extra is None else extra.stride(0),
+            ALPHA_PER_ROW=alpha.ndim == 1, FP8_OUT=name == "fp8_decode",
+            BLOCK_R=triton.next_power_of_2(r) if r else 0, **cfg,
         )  # fmt: skip
 
     launch(pick_config(name, (n, k), DECODE_CANDIDATES, launch))
