@@ -5,7 +5,9 @@ Buffers (the state_dict keys, named as in ModelOpt/ComfyUI files):
 * ``weight``: uint8 ``[N, K/2]``, E2M1 codes, even-k element in the low nibble;
 * ``weight_scale``: float8_e4m3fn ``[N, K/16]``, linear layout;
 * ``weight_scale_2``: float32, 0-d or ``[N]``: the global scale, called alpha by the op;
-* ``bias``: ``[N]`` in the compute dtype, or absent.
+* ``bias``: ``[N]`` in the compute dtype, or absent;
+* ``input_scale``: float32 0-d, the static activation scale a calibrated checkpoint carries
+  (used by backends with NVFP4 activations), or absent.
 
 ``.to(device)`` / ``.cuda()`` move all of them together. ``.to(dtype)`` casts only the
 bias: packed codes, e4m3 scales and the float32 global scale keep their dtypes.
@@ -107,6 +109,7 @@ class FP4Linear(KeepQuantDtypes, nn.Module):
         else:
             self.bias = None
         self.register_buffer("aux", None, persistent=False)
+        self.register_buffer("input_scale", None)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, backend: str = "reference") -> FP4Linear:
@@ -129,6 +132,7 @@ class FP4Linear(KeepQuantDtypes, nn.Module):
         bias: torch.Tensor | None = None,
         *,
         backend: str = "reference",
+        input_scale: torch.Tensor | None = None,
     ) -> FP4Linear:
         """Wrap already-quantized tensors (layouts as in the module docstring)."""
         n, half_k = weight.shape
@@ -138,6 +142,8 @@ class FP4Linear(KeepQuantDtypes, nn.Module):
         module.weight_scale_2 = weight_scale_2.to(torch.float32)
         if bias is not None:
             module.bias = bias
+        if input_scale is not None:
+            module.input_scale = input_scale.to(torch.float32).reshape(())
         module._check_shapes()
         return module
 
@@ -155,7 +161,8 @@ class FP4Linear(KeepQuantDtypes, nn.Module):
             raise ValueError(f"weight_scale_2 must be 0-d or [{n}], got {tuple(self.weight_scale_2.shape)}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fp4_linear(x, self.weight, self.weight_scale, self.weight_scale_2, self.bias, self.backend, self.aux)
+        return fp4_linear(x, self.weight, self.weight_scale, self.weight_scale_2, self.bias, self.backend, self.aux,
+                          input_scale=self.input_scale)  # fmt: skip
 
     @torch.no_grad()
     def prepare(self, backend: str) -> FP4Linear:

@@ -10,7 +10,7 @@ and a compiled FLUX step makes ~300 of these calls. Inference only: there is no 
 
 Signature::
 
-    fp4_linear(x, weight, weight_scale, alpha, bias, aux, lora_down, lora_up, backend) -> y
+    fp4_linear(x, weight, weight_scale, alpha, bias, aux, lora_down, lora_up, input_scale, backend) -> y
 
 with the tensor contract stated in :mod:`kernels.backends`; ``backend`` is a name
 registered there. The op is registered once per process even if this file is
@@ -45,9 +45,10 @@ def _fp4_linear_impl(
     aux: torch.Tensor | None,
     lora_down: torch.Tensor | None,
     lora_up: torch.Tensor | None,
+    input_scale: torch.Tensor | None,
     backend: str,
 ) -> torch.Tensor:
-    return backends.get_backend(backend)(x, weight, weight_scale, alpha, bias, aux, lora_down, lora_up)
+    return backends.get_backend(backend)(x, weight, weight_scale, alpha, bias, aux, lora_down, lora_up, input_scale)
 
 
 def _fp4_linear_fake(
@@ -59,6 +60,7 @@ def _fp4_linear_fake(
     aux: torch.Tensor | None,
     lora_down: torch.Tensor | None,
     lora_up: torch.Tensor | None,
+    input_scale: torch.Tensor | None,
     backend: str,
 ) -> torch.Tensor:
     # uint8: packed NVFP4 [N, K/2]; float8_e4m3fn: the fp8_resident backend's decoded [N, K]
@@ -74,7 +76,7 @@ def _fp4_linear_fake(
 
 _SCHEMA = (
     f"{OP_NAME}(Tensor x, Tensor weight, Tensor weight_scale, Tensor alpha, Tensor? bias, Tensor? aux, "
-    "Tensor? lora_down, Tensor? lora_up, str backend) -> Tensor"
+    "Tensor? lora_down, Tensor? lora_up, Tensor? input_scale, str backend) -> Tensor"
 )
 _libraries: list[torch.library.Library] = []  # a registration lives as long as its Library object
 
@@ -101,9 +103,11 @@ def fp4_linear(
     backend: str = "reference",
     aux: torch.Tensor | None = None,
     lora: tuple[torch.Tensor, torch.Tensor] | None = None,
+    input_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``y = x @ dequant(weight)^T + bias`` (+ the LoRA branch ``lora = (down, up)`` in the backend's
-    form, :func:`kernels.fp4_linear.prepare_lora`) through the registered op (see module docstring)."""
+    form, :func:`kernels.fp4_linear.prepare_lora`) through the registered op (see module docstring);
+    ``input_scale``: the checkpoint's static activation scale, if any (used by ``w4a4``)."""
     down, up = (None, None) if lora is None else lora
     op = getattr(getattr(torch.ops, OP_NAMESPACE), OP_NAME)
-    return op(x, weight, weight_scale, alpha, bias, aux, down, up, backend)
+    return op(x, weight, weight_scale, alpha, bias, aux, down, up, input_scale, backend)

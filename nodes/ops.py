@@ -187,17 +187,17 @@ class NVFP4Linear(KeepQuantDtypes, comfy.ops.manual_cast.Linear):
         else:
             w = self.weight.to(dev, non_blocking=True)
             bias = None if self.bias is None else self.bias.to(dev, x.dtype, non_blocking=True)
-        s, a, aux = (None if v is None else v.to(dev, non_blocking=True)
-                     for v in (self.weight_scale, self.weight_scale_2, self.aux))  # fmt: skip
+        s, a, aux, xs = (None if v is None else v.to(dev, non_blocking=True)
+                         for v in (self.weight_scale, self.weight_scale_2, self.aux, self.input_scale))  # fmt: skip
         lora = None
         if self.lora is not None:  # (down in the compute dtype, up in the backend's form)
             down, up = self.lora
             up_dtype = up.dtype if up.dtype == torch.float8_e4m3fn else x.dtype
             lora = (down.to(dev, x.dtype, non_blocking=True), up.to(dev, up_dtype, non_blocking=True))
         if not self.segment_rows:
-            y = fp4_linear(x, w, s, a, bias, self.fp4_backend, aux, lora)
+            y = fp4_linear(x, w, s, a, bias, self.fp4_backend, aux, lora, xs)
         else:
-            y4 = fp4_linear(x, w, s, a, None, self.fp4_backend, aux, lora)
+            y4 = fp4_linear(x, w, s, a, None, self.fp4_backend, aux, lora, xs)
             dense = self.dense_weight if self.dense_rows_patched is None else self.dense_rows_patched
             yd = F.linear(x, dense.to(dev, x.dtype, non_blocking=True))
             y = in_segment_order(y4, yd, self.segment_rows, dim=-1)

@@ -117,7 +117,7 @@ def test_op_passes_torch_library_opcheck(with_bias, with_lora, gen):
         if with_lora
         else (None, None)
     )
-    args = (x, packed, scales, gs, bias, None, down, up, "reference")
+    args = (x, packed, scales, gs, bias, None, down, up, None, "reference")
     torch.library.opcheck(
         torch.ops.nvfp4_flux.fp4_linear.default,
         args,

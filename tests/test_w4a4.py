@@ -102,3 +102,31 @@ def test_emulated_w4a4_equals_modelopt_fake_quant_linear(static, gen):
         assert torch.equal(y, expected)
     w_ours = nvfp4_dequantize(wq._quantized_data, ws, wg, dtype=torch.float32)
     assert torch.equal(w_ours, w_fq)
+
+
+def test_w4a4_backend_uses_the_static_input_scale(gen):
+    """A layer's checkpoint ``input_scale`` reaches the W4A4 activation quantizer through the op
+    (FP4Linear carries it, its state dict keeps it); without one the scale is the batch's amax."""
+    from torch import nn
+
+    from kernels import FP4Linear, fp4_linear
+    from kernels.backends.w4a4 import w4a4_emulated_linear
+
+    dense = nn.Linear(128, 48)
+    layer = FP4Linear.from_linear(dense)
+    x = activations(12, 128, "outliers", gen).to(torch.bfloat16)
+    input_scale = nvfp4_global_scale(x) * 3  # a calibrated range 3x this batch's: coarser activation codes
+    args = [t.to(DEVICE) for t in (x, layer.weight, layer.weight_scale, layer.weight_scale_2)]
+    static = fp4_linear(*args, None, "w4a4", input_scale=input_scale.to(DEVICE))
+    dynamic = fp4_linear(*args, None, "w4a4")
+    assert torch.equal(static, w4a4_emulated_linear(*args, None, input_scale.to(DEVICE)))
+    assert torch.equal(dynamic, w4a4_emulated_linear(*args, None, None))
+    assert not torch.equal(static, dynamic)
+
+    layer = FP4Linear.from_quantized(layer.weight, layer.weight_scale, layer.weight_scale_2, layer.bias,
+                                     backend="w4a4", input_scale=input_scale)  # fmt: skip
+    assert torch.equal(layer.state_dict()["input_scale"], input_scale)
+    layer = layer.to(DEVICE)
+    expected = w4a4_emulated_linear(x.to(DEVICE), layer.weight, layer.weight_scale, layer.weight_scale_2,
+                                    layer.bias, layer.input_scale)  # fmt: skip
+    assert torch.equal(layer(x.to(DEVICE)), expected)

@@ -1,6 +1,7 @@
 """Backends behind the ``fp4_linear`` op: one module each, one function contract.
 
-A backend is a function ``impl(x, weight, weight_scale, alpha, bias, aux, lora_down, lora_up) -> y``
+A backend is a function
+``impl(x, weight, weight_scale, alpha, bias, aux, lora_down, lora_up, input_scale) -> y``
 where
 
 * ``x``: activations ``[..., K]`` (bf16/fp16/fp32), any leading shape;
@@ -15,6 +16,9 @@ where
   ``[R, K]`` in ``x.dtype``; ``lora_up`` is ``[N, R]`` in the form the backend's
   :data:`LORA_PREPARERS` entry made it (default: ``x.dtype``; the FP8 backends: e4m3 codes in
   units of the layer's FP8 column scale, see :mod:`.w4a8`);
+* ``input_scale``: float32 0-d, the checkpoint's static activation global scale (ModelOpt's
+  ``input_scale``: calibrated ``amax(|x|) / (6 * 448)``), or ``None``. Only backends that quantize
+  activations to NVFP4 (``w4a4``) use it; the FP8 backends scale activations per token;
 * ``y``: ``[..., N]`` in ``x.dtype``.
 
 Backends register themselves in :data:`BACKENDS` by name. The registry is one

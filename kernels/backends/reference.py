@@ -22,6 +22,7 @@ def reference_fp4_linear(
     aux: torch.Tensor | None = None,
     lora_down: torch.Tensor | None = None,
     lora_up: torch.Tensor | None = None,
+    input_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``F.linear(x, dequantize(weight) in x.dtype, bias)`` plus the LoRA branch in ``x.dtype``."""
     w = nvfp4_dequantize(weight, weight_scale, alpha, dtype=x.dtype)

@@ -178,6 +178,7 @@ def w4a16_fp4_linear(
     aux: torch.Tensor | None = None,
     lora_down: torch.Tensor | None = None,
     lora_up: torch.Tensor | None = None,
+    input_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The op contract's function, computed by the W4A16 Triton kernels (bf16/fp16 activations;
     others go to the reference backend). A LoRA branch is added in ``x.dtype``."""

@@ -3,8 +3,10 @@
 Per call, for ``x[M, K]`` and packed NVFP4 weights ``[N, K/2]`` (even-k element in the low
 nibble: the order ``torch.float4_e2m1fn_x2`` uses, as PyTorch's own NVFP4 GEMM tests pack it):
 
-1. :func:`.nvfp4_act_quant.quantize_act_nvfp4` quantizes ``x`` to NVFP4 under a dynamic global
-   scale ``g_x = amax(|x|) / (6 * 448)``, block scales written in cuBLAS's swizzled layout;
+1. :func:`.nvfp4_act_quant.quantize_act_nvfp4` quantizes ``x`` to NVFP4 under the checkpoint's
+   static ``input_scale`` when the layer has one (ModelOpt's calibrated ``amax / (6 * 448)``, as
+   TensorRT-LLM and vLLM use it; values beyond the calibrated range saturate), otherwise under a
+   dynamic ``g_x = amax(|x|) / (6 * 448)``; block scales written in cuBLAS's swizzled layout;
 2. ``torch._scaled_mm`` with ``float4_e2m1fn_x2`` operands and both swizzled e4m3 scale tensors
    (the weight's swizzled once at load: the backend's ``aux``) computes the block-scaled product;
 3. ``* (g_x * alpha[n]) + bias``, bf16 out.
@@ -17,7 +19,6 @@ random problem and compares it with the emulation before the dispatcher picks th
 layout or version mismatch falls back to ``w4a8`` with a logged reason instead of wrong images.
 Where the native call is not available (and in the tests on the H100 and CPU) the backend computes
 the emulation: correct, slow. No Blackwell GPU was available here: the native call has not run.
-Static ``input_scale`` from checkpoints is not used yet (the op contract has no slot for it).
 """
 
 from __future__ import annotations
@@ -76,8 +77,9 @@ def native_fp4_available(device: torch.device) -> tuple[bool, str]:
 
 
 def _native_gemm(x2: torch.Tensor, weight: torch.Tensor, w_scales: torch.Tensor, alpha: torch.Tensor,
-                 bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor:  # fmt: skip
-    xq, xs, g = quantize_act_nvfp4(x2)
+                 bias: torch.Tensor | None, out_dtype: torch.dtype,
+                 input_scale: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    xq, xs, g = quantize_act_nvfp4(x2, input_scale)
     y = torch._scaled_mm(
         xq.view(torch.float4_e2m1fn_x2),
         weight.view(torch.float4_e2m1fn_x2).t(),
@@ -126,18 +128,20 @@ def w4a4_fp4_linear(
     aux: torch.Tensor | None = None,
     lora_down: torch.Tensor | None = None,
     lora_up: torch.Tensor | None = None,
+    input_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The op contract's function: the native FP4 GEMM where :func:`native_w4a4_check` passed,
-    the float32 emulation elsewhere; ``aux`` is the weight's swizzled scales (prepared at load).
+    the float32 emulation elsewhere; ``aux`` is the weight's swizzled scales (prepared at load),
+    ``input_scale`` the static activation scale (``None``: dynamic).
     A LoRA branch is added in ``x.dtype``."""
     n, half_k = weight.shape
     k = half_k * 2
     x2 = x.reshape(-1, k)
     if x.is_cuda and native_w4a4_check(x.device)[0] and x2.shape[0] and k % 32 == 0 and n % 16 == 0:
         w_scales = swizzle_scales(weight_scale) if aux is None else aux
-        y = _native_gemm(x2, weight, w_scales, alpha, bias, x.dtype).reshape(*x.shape[:-1], n)
+        y = _native_gemm(x2, weight, w_scales, alpha, bias, x.dtype, input_scale).reshape(*x.shape[:-1], n)
     else:
-        y = w4a4_emulated_linear(x, weight, weight_scale, alpha, bias)
+        y = w4a4_emulated_linear(x, weight, weight_scale, alpha, bias, input_scale)
     return add_low_rank(y, x, lora_down, lora_up)
 
 

@@ -92,6 +92,7 @@ def w4a8_fp4_linear(
     aux: torch.Tensor | None = None,
     lora_down: torch.Tensor | None = None,
     lora_up: torch.Tensor | None = None,
+    input_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The op contract's function: decode once per call, FP8 GEMM (W4A16 for small M).
     ``aux`` is the weight's :func:`fp8_row_shift` (prepared at load), or ``None``; the LoRA
@@ -122,6 +123,7 @@ def fp8_resident_fp4_linear(
     aux: torch.Tensor | None = None,
     lora_down: torch.Tensor | None = None,
     lora_up: torch.Tensor | None = None,
+    input_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Op contract variant: ``weight`` is e4m3 ``[N, K]``, ``alpha`` the column scales ``[N]``;
     ``weight_scale`` is unused (empty)."""
