@@ -37,9 +37,9 @@ from .weight_decode import decode_nvfp4_dense
 GEMV_MAX_M = 4
 
 
-# Above this many rows the untuned default is decode + cuBLAS (H100, qkv 3072 x 9216: the fused
-# kernel took 47 us at M = 16, 56 at 64, 90 at 128 against ~55 for decode + cuBLAS; bench/NOTES.md).
-FUSED_DEFAULT_MAX_M = 32
+# Above this many rows the untuned default is decode + cuBLAS: on the H100 (qkv 3072 -> 9216) the
+# tuner picked the fused kernel at M = 16 only (bench/h100_gemm_v8.json, bench/NOTES.md).
+FUSED_DEFAULT_MAX_M = 16
 DECODE_THEN_CUBLAS: Config = {"DENSE": 1}
 
 
