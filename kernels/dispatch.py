@@ -6,7 +6,7 @@
 | CUDA, Triton missing | ``reference`` | the GPU kernels are Triton |
 | sm_100/103/120/121 (Blackwell) | ``w4a4`` | native NVFP4 GEMM, if its first-use check passes |
 | sm_89 (Ada), sm_90 (Hopper), Blackwell otherwise | ``w4a8`` | FP8 tensor cores |
-| sm_80/86/87 (Ampere) | ``w4a16`` | no FP8: decode to bf16 inside the GEMM |
+| sm_80/86/87 (Ampere) | ``w4a16`` | no FP8: FP4 weights, bf16 tensor cores (fused decode or decode + cuBLAS) |
 | older CUDA GPUs | ``reference`` | no bf16 tensor cores |
 
 A backend asked for by name is checked against the same table and refused with a
@@ -88,7 +88,7 @@ def choose_backend(device: torch.device | str, requested: str = AUTO) -> Backend
     if cap >= (8, 9):
         return BackendChoice("w4a8", f"{where} has FP8 tensor cores: FP4 weights decoded to FP8")
     if cap >= (8, 0):
-        return BackendChoice("w4a16", f"{where} has no FP8: FP4 decoded to bf16 inside a Triton GEMM")
+        return BackendChoice("w4a16", f"{where} has no FP8: FP4 weights decoded to bf16 for bf16 tensor cores")
     return BackendChoice("reference", f"{where} is older than Ampere: dequantize + torch linear")
 
 
