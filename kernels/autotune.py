@@ -149,7 +149,8 @@ def gpu_time_ms(fn: Callable[[], None], calls: int = 8, replays: int = 3) -> flo
     stream.synchronize()
     graphs = {"flush": torch.cuda.CUDAGraph(), "both": torch.cuda.CUDAGraph()}
     for name, graph in graphs.items():
-        with torch.cuda.graph(graph, stream=stream):
+        # thread_local: CUDA calls of other threads (ComfyUI's) during the capture are not errors
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
             for _ in range(calls):
                 flush.zero_()
                 if name == "both":
