@@ -158,13 +158,18 @@ def gpu_time_ms(fn: Callable[[], None], calls: int = 8, replays: int = 3) -> flo
     best = {}
     for name, graph in graphs.items():
         graph.replay()
-        times = []
-        for _ in range(replays):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        best[name] = min(times)
+        best[name] = min(graph_replay_ms(graph, replays))
     return max(best["both"] - best["flush"], 0.0) / calls
+
+
+def graph_replay_ms(graph: torch.cuda.CUDAGraph, replays: int) -> list[float]:
+    """Milliseconds of each of ``replays`` replays of a captured CUDA graph (CUDA events)."""
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return times

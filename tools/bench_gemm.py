@@ -69,14 +69,7 @@ def bench_graph_rotated(fns, replays: int = 20) -> float:
     with torch.cuda.graph(graph):
         for fn in fns:
             fn()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / len(fns))
+    times = [ms / len(fns) for ms in autotune.graph_replay_ms(graph, replays)]
     del graph
     return sorted(times)[len(times) // 2]
 
