@@ -17,6 +17,9 @@ NVFP4 tensors (a non-persistent ``aux`` buffer, e.g. W4A8's per-row FP8 shift). 
 ``fp8_resident`` backend instead replaces the weight by its FP8 decode (1 byte per weight,
 ``weight_scale`` emptied, ``weight_scale_2`` = per-row FP8 scales); such a module's
 state_dict is no longer NVFP4.
+
+``lora``: an optional side branch ``(down, up)`` in the backend's form (:func:`prepare_lora`),
+added by the op to every forward; ``None`` (the default) for none. Not part of the state_dict.
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ class FP4Linear(KeepQuantDtypes, nn.Module):
             self.bias = None
         self.register_buffer("aux", None, persistent=False)
         self.register_buffer("input_scale", None)
+        self.lora: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, backend: str = "reference") -> FP4Linear:
@@ -162,7 +166,7 @@ class FP4Linear(KeepQuantDtypes, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return fp4_linear(x, self.weight, self.weight_scale, self.weight_scale_2, self.bias, self.backend, self.aux,
-                          input_scale=self.input_scale)  # fmt: skip
+                          self.lora, self.input_scale)  # fmt: skip
 
     @torch.no_grad()
     def prepare(self, backend: str) -> FP4Linear:

@@ -1,12 +1,18 @@
-"""The one custom op every FP4 linear goes through: ``torch.ops.nvfp4_flux.fp4_linear``.
+"""The custom op every FP4 linear goes through: ``torch.ops.nvfp4_flux.fp4_linear``, and its
+traced twin ``torch.ops.nvfp4_flux.fp4_linear_traced`` used under ``torch.compile``.
 
-Defined with a schema, one ``CompositeExplicitAutograd`` kernel and a fake (meta)
-implementation, so ``torch.compile`` traces FP4 models with no graph break: Dynamo sees one
-opaque node per linear and Inductor fuses the element-wise work around it. It is registered
-through ``torch.library.Library`` rather than ``torch.library.custom_op``: the latter wraps
-every call in Python autograd and output-aliasing checks that cost more host time per call
-than the kernels' own launches (H100 host, torch 2.11: 277 vs 147 us per call; bench/NOTES.md),
-and a compiled FLUX step makes ~300 of these calls. Inference only: there is no backward.
+``fp4_linear`` (eager) is defined with a schema, one ``CompositeExplicitAutograd`` kernel and a
+fake (meta) implementation. It is registered through ``torch.library.Library`` rather than
+``torch.library.custom_op``: the latter wraps every call in Python autograd and output-aliasing
+checks that cost more host time per call than the kernels' own launches (H100 host, torch 2.11:
+277 vs 147 us per call; bench/NOTES.md).
+
+``fp4_linear_traced`` is the same computation as a ``torch.library.triton_op`` (CUDA tensors,
+every backend but ``reference``): Dynamo puts one node per linear in the graph with no graph
+break, and Inductor then traces the backend's Python once (:mod:`kernels.backends.tracing`)
+and launches its Triton kernels and cuBLAS calls from its generated code, so a compiled step
+spends no host time in the pack's Python (a compiled FLUX step makes ~300 of these calls).
+:func:`fp4_linear` picks the twin while Dynamo traces. Inference only: there is no backward.
 
 Signature::
 
@@ -24,6 +30,7 @@ import torch
 
 from . import backends
 from .backends import reference as _reference  # noqa: F401  (registers "reference")
+from .backends.tracing import tracing
 from .triton_support import HAS_TRITON
 
 if HAS_TRITON:  # registers "w4a16", "w4a8", "fp8_resident", "w4a4"
@@ -93,6 +100,38 @@ def _register() -> None:
 
 _register()
 
+_TRACED_NAME = "fp4_linear_traced"
+
+
+def _fp4_linear_traced(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    alpha: torch.Tensor,
+    bias: torch.Tensor | None,
+    aux: torch.Tensor | None,
+    lora_down: torch.Tensor | None,
+    lora_up: torch.Tensor | None,
+    input_scale: torch.Tensor | None,
+    backend: str,
+) -> torch.Tensor:
+    with tracing():
+        return _fp4_linear_impl(x, weight, weight_scale, alpha, bias, aux, lora_down, lora_up, input_scale, backend)
+
+
+def _register_traced() -> bool:
+    """Register the ``triton_op`` twin once per process; ``False`` where torch lacks ``triton_op``."""
+    namespace = getattr(torch.ops, OP_NAMESPACE)
+    if hasattr(namespace, _TRACED_NAME):
+        return True
+    if not (HAS_TRITON and hasattr(torch.library, "triton_op") and hasattr(torch.library, "wrap_triton")):
+        return False
+    torch.library.triton_op(f"{OP_NAMESPACE}::{_TRACED_NAME}", _fp4_linear_traced, mutates_args=())
+    return True
+
+
+_HAS_TRACED = _register_traced()
+
 
 def fp4_linear(
     x: torch.Tensor,
@@ -109,5 +148,6 @@ def fp4_linear(
     form, :func:`kernels.fp4_linear.prepare_lora`) through the registered op (see module docstring);
     ``input_scale``: the checkpoint's static activation scale, if any (used by ``w4a4``)."""
     down, up = (None, None) if lora is None else lora
-    op = getattr(getattr(torch.ops, OP_NAMESPACE), OP_NAME)
+    traced = _HAS_TRACED and backend != "reference" and x.is_cuda and torch.compiler.is_compiling()
+    op = getattr(getattr(torch.ops, OP_NAMESPACE), _TRACED_NAME if traced else OP_NAME)
     return op(x, weight, weight_scale, alpha, bias, aux, down, up, input_scale, backend)

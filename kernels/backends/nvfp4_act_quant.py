@@ -26,6 +26,7 @@ import triton.language as tl
 
 from ..nvfp4 import BLOCK_SIZE, nvfp4_global_scale
 from ..scale_layout import swizzled_shape
+from .tracing import triton_launcher
 
 
 @triton.jit
@@ -90,7 +91,7 @@ def quantize_act_nvfp4(
     scales = torch.zeros((prow, pcol), dtype=torch.float8_e4m3fn, device=x2d.device)
     if m:
         grid = (triton.cdiv(m, block_m), triton.cdiv(kb, block_b))
-        _nvfp4_act_quant_kernel[grid](
+        triton_launcher(_nvfp4_act_quant_kernel)[grid](
             x2d, g, packed, scales, m, kb, x2d.stride(0), packed.stride(0), pcol // 4,
             BLOCK_M=block_m, BLOCK_B=block_b,
         )  # fmt: skip

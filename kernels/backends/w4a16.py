@@ -32,9 +32,11 @@ from . import add_low_rank, register_backend
 from .fp4_decode_tl import decode_fp4_tile, e2m1_pair_table, e2m1_pair_to_f32, e2m1_to_f32, e4m3_to_f32
 from .reference import reference_fp4_linear
 from .scratch import scratch
+from .tracing import triton_launcher
 from .weight_decode import decode_nvfp4_dense
 
 GEMV_MAX_M = 4
+GEMM_GROUP_M = 8  # the fused kernel's M-tile grouping (L2 reuse of weight tiles); passed at every launch
 
 
 # Above this many rows the untuned default is decode + cuBLAS: on the H100 (qkv 3072 -> 9216) the
@@ -100,7 +102,7 @@ def _w4a16_gemm_kernel(
     M, N, K,
     stride_xm, stride_wn, stride_sn, stride_ym,
     ALPHA_PER_ROW: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr = 8,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
@@ -207,7 +209,7 @@ def _w4a16_gemm(
     if m <= GEMV_MAX_M:
 
         def launch(cfg: Config) -> None:
-            _w4a16_gemv_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), m)](
+            triton_launcher(_w4a16_gemv_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]), m)](
                 *args, e2m1_pair_table(x.device), n, k, *strides, **flags, **cfg
             )
 
@@ -216,14 +218,14 @@ def _w4a16_gemm(
 
         def launch(cfg: Config) -> None:
             if cfg.get("DENSE"):
-                w = decode_nvfp4_dense(weight, weight_scale, alpha, scratch(x.device, x.dtype, n * k))
+                w = decode_nvfp4_dense(weight, weight_scale, alpha, scratch(x.device, x.dtype, (n, k)))
                 if bias is None:
                     torch.mm(x2, w.t(), out=y)
                 else:
                     torch.addmm(bias.to(x.dtype), x2, w.t(), out=y)
                 return
             grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
-            _w4a16_gemm_kernel[grid](*args, m, n, k, *strides, **flags, **cfg)
+            triton_launcher(_w4a16_gemm_kernel)[grid](*args, m, n, k, *strides, **flags, GROUP_M=GEMM_GROUP_M, **cfg)
 
         launch(pick_config("w4a16_gemm", (m_bucket(m), n, k, str(x.dtype)), _gemm_candidates(m), launch))
     return y.reshape(*x.shape[:-1], n)

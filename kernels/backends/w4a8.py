@@ -80,7 +80,7 @@ def fp8_scaled_mm(
 def _weight_with_lora_columns(device: torch.device, n: int, k: int, lora_down: torch.Tensor | None) -> torch.Tensor:
     """The scratch as an e4m3 ``[N, K + R]`` matrix (``R = 0`` without LoRA)."""
     kk = k + (0 if lora_down is None else lora_down.shape[0])
-    return scratch(device, torch.float8_e4m3fn, n * kk).view(n, kk)
+    return scratch(device, torch.float8_e4m3fn, (n, kk))
 
 
 def w4a8_fp4_linear(
@@ -110,7 +110,7 @@ def w4a8_fp4_linear(
         up = _dense_lora_up(lora_up, fp8_column_scale(weight, weight_scale, alpha, aux), x.dtype)
         return add_low_rank(y, x, lora_down, up)
     w8 = _weight_with_lora_columns(x.device, n, k, lora_down)
-    _, col_scale = decode_nvfp4_to_fp8(weight, weight_scale, alpha, out=w8[:, :k], row_shift=aux, extra_columns=lora_up)
+    _, col_scale = decode_nvfp4_to_fp8(weight, weight_scale, alpha, out=w8, row_shift=aux, extra_columns=lora_up)
     return fp8_scaled_mm(x2, w8, col_scale, bias, x.dtype, lora_down).reshape(*x.shape[:-1], n)
 
 

@@ -29,6 +29,7 @@ import triton.language as tl
 from ..autotune import Config, pick_config
 from ..e2m1 import e2m1_decode, unpack_nibbles
 from .fp4_decode_tl import decode_fp4_tile, e4m3_to_f32
+from .tracing import triton_launcher
 
 
 def decode_nvfp4_to_fp8_torch(
@@ -52,13 +53,14 @@ def decode_nvfp4_to_fp8_torch(
     return w8, alpha.to(torch.float32) / row_shift
 
 
-def _output_view(out: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    """``out`` as the ``[N, K]`` tensor to write: a 2-D view as given, a flat buffer's prefix."""
+def _output_view(out: torch.Tensor, n: int, k: int, r: int = 0) -> torch.Tensor:
+    """``out`` as the ``[N, K + R]`` tensor to write: a 2-D tensor with unit column stride as
+    given, a flat buffer's prefix."""
     if out.ndim == 2:
-        if tuple(out.shape) != (n, k) or out.stride(1) != 1:
-            raise ValueError(f"decode output must be [{n}, {k}] with unit column stride, got {tuple(out.shape)}")
+        if tuple(out.shape) != (n, k + r) or out.stride(1) != 1:
+            raise ValueError(f"decode output must be [{n}, {k + r}] with unit column stride, got {tuple(out.shape)}")
         return out
-    return out[: n * k].view(n, k)
+    return out[: n * (k + r)].view(n, k + r)
 
 
 def fp8_row_shift(weight_scale: torch.Tensor) -> torch.Tensor:
@@ -143,33 +145,32 @@ def decode_nvfp4_to_fp8(
     """Decode packed NVFP4 ``[N, K/2]`` to e4m3 ``[N, K]`` plus ``col_scale[N]`` (see module doc).
 
     ``out`` may be a reused flat scratch buffer with at least ``N * K`` elements, or an ``[N, K]``
-    view with unit column stride (e.g. the first ``K`` columns of a wider buffer); ``row_shift`` is
-    :func:`fp8_row_shift` of ``weight_scale`` when the caller has it (computed here otherwise).
-    ``extra_columns`` (e4m3 ``[N, R]``, e.g. a LoRA's ``B8``) is copied in the same launch to the
-    ``R`` columns after each output row's ``K`` (``out`` must then be an ``[N, K]`` view of a
-    row-major ``[N, K + R]`` buffer).
+    tensor with unit column stride; ``row_shift`` is :func:`fp8_row_shift` of ``weight_scale``
+    when the caller has it (computed here otherwise). ``extra_columns`` (e4m3 ``[N, R]``, e.g. a
+    LoRA's ``B8``) is copied in the same launch to the ``R`` columns after each output row's
+    ``K``; ``out`` is then ``[N, K + R]``. Returns the ``[N, K]`` decoded part and ``col_scale``.
     """
     if row_shift is None:
         row_shift = fp8_row_shift(weight_scale)
     n, half_k = weight.shape
     k = half_k * 2
+    r = 0
     if extra_columns is not None:
         r = extra_columns.shape[1]
-        if out is None or out.ndim != 2 or out.stride(0) < k + r or extra_columns.dtype != torch.float8_e4m3fn:
-            raise ValueError("extra_columns needs e4m3 [N, R] and out as an [N, K] view of an [N, K + R] buffer")
-    if not weight.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        w8, col_scale = decode_nvfp4_to_fp8_torch(weight, weight_scale, alpha, row_shift, out)
-        if extra_columns is not None:
-            out.as_strided((n, r), (out.stride(0), 1), out.storage_offset() + k).copy_(extra_columns)
-        return w8, col_scale
+        if out is None or extra_columns.dtype != torch.float8_e4m3fn:
+            raise ValueError("extra_columns needs e4m3 [N, R] and an [N, K + R] output")
     if out is None:
         out = torch.empty((n, k), dtype=torch.float8_e4m3fn, device=weight.device)
-    out = _output_view(out, n, k)
+    out = _output_view(out, n, k, r)
+    if not weight.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        w8, col_scale = decode_nvfp4_to_fp8_torch(weight, weight_scale, alpha, row_shift, out[:, :k])
+        if extra_columns is not None:
+            out[:, k:].copy_(extra_columns)
+        return w8, col_scale
     col_scale = torch.empty(n, dtype=torch.float32, device=weight.device)
     alpha = alpha.to(torch.float32)
-
-    _launch_decode("fp8_decode", weight, weight_scale, alpha, row_shift, out, col_scale, extra_columns)
-    return out, col_scale
+    _launch_decode("fp8_decode", weight, weight_scale, alpha, row_shift, out, k, col_scale, extra_columns)
+    return out[:, :k], col_scale
 
 
 def decode_nvfp4_dense(
@@ -181,21 +182,25 @@ def decode_nvfp4_dense(
     n, half_k = weight.shape
     out = _output_view(out, n, half_k * 2)
     alpha = alpha.to(torch.float32)
-    _launch_decode("dense_decode", weight, weight_scale, alpha, alpha, out, alpha)
+    _launch_decode("dense_decode", weight, weight_scale, alpha, alpha, out, out.shape[1], alpha)
     return out
 
 
-def _launch_decode(name, weight, weight_scale, alpha, row_shift, out, col_scale, extra=None) -> None:
-    """One decode launch (``name`` is also the tuning key; ``fp8_decode`` writes e4m3 + col_scale)."""
-    n, k = out.shape
+def _launch_decode(name, weight, weight_scale, alpha, row_shift, out, k, col_scale, extra=None) -> None:
+    """One decode launch into the first ``k`` columns of ``out`` (``[N, K + R]``, the last ``R``
+    from ``extra``). ``name`` is also the tuning key; ``fp8_decode`` writes e4m3 + col_scale.
+    Pointer arguments a launch does not use get ``weight`` (read-only) so that no tensor is
+    passed twice where one of them is written (Inductor's mutation analysis)."""
+    n = out.shape[0]
     r = 0 if extra is None else extra.shape[1]
+    fp8_out = name == "fp8_decode"
 
     def launch(cfg: Config) -> None:
-        _decode_kernel[(triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(k, cfg["BLOCK_K"]))](
-            weight, weight_scale.view(torch.uint8), alpha, row_shift, out, col_scale, out if extra is None else extra,
+        triton_launcher(_decode_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(k, cfg["BLOCK_K"]))](
+            weight, weight_scale.view(torch.uint8), alpha, row_shift if fp8_out else weight, out,
+            col_scale if fp8_out else weight, weight if extra is None else extra,
             n, k, r, weight.stride(0), weight_scale.stride(0), out.stride(0), 0 if extra is None else extra.stride(0),
-            ALPHA_PER_ROW=alpha.ndim == 1, FP8_OUT=name == "fp8_decode",
-            BLOCK_R=triton.next_power_of_2(r) if r else 0, **cfg,
+            ALPHA_PER_ROW=alpha.ndim == 1, FP8_OUT=fp8_out, BLOCK_R=triton.next_power_of_2(r) if r else 0, **cfg,
         )  # fmt: skip
 
     launch(pick_config(name, (n, k), DECODE_CANDIDATES, launch))

@@ -1,0 +1,47 @@
+"""Tracing the backends into a compiled graph (``torch.compile``).
+
+Under ``torch.compile`` an FP4 linear on CUDA is the op ``nvfp4_flux::fp4_linear_traced`` (a
+``torch.library.triton_op``, :mod:`kernels.fp4_linear_op`): Inductor runs the backend's Python
+once while tracing (shape checks, tuned-config lookups, path choice) and from then on launches
+its Triton kernels and cuBLAS calls from its own generated code, with no Python of the pack per
+call. Inside that trace (:func:`tracing`) the backends
+
+* launch Triton kernels through ``torch.library.wrap_triton`` (:func:`triton_launcher`), and
+* allocate their per-call decode buffer fresh (:mod:`.scratch`) instead of reusing the
+  per-device scratch: a graph may not write into a tensor it does not own. Each such buffer
+  dies after its GEMM, so the caching allocator hands the same bytes to the next layer and
+  still only one layer's decoded copy exists at a time.
+
+Outside a trace (eager calls) kernels launch directly: going through ``wrap_triton``'s
+higher-order op costs far more host time than the launch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import torch
+
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def tracing() -> Iterator[None]:
+    """Mark the enclosed backend code as being traced into a compiled graph."""
+    previous = getattr(_state, "on", False)
+    _state.on = True
+    try:
+        yield
+    finally:
+        _state.on = previous
+
+
+def is_tracing() -> bool:
+    return getattr(_state, "on", False)
+
+
+def triton_launcher(kernel):  # noqa: ANN001, ANN201 (a Triton JITFunction and its launch proxy)
+    """``kernel`` itself, or its ``wrap_triton`` proxy while tracing; index it with the grid."""
+    return torch.library.wrap_triton(kernel) if is_tracing() else kernel

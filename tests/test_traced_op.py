@@ -1,0 +1,114 @@
+"""The ``triton_op`` twin of the FP4 op under ``torch.compile`` (GPU; Inductor backend).
+
+Compiled FP4 linears on CUDA go through ``nvfp4_flux::fp4_linear_traced``: Inductor traces the
+backend once and launches its kernels from generated code. The compiled result must be the
+eager op's bytes (same kernels, same configs, same cuBLAS call), with one graph and no break,
+for every path a backend has (GEMV, decode + FP8 GEMM, LoRA columns, fused and dense W4A16).
+Without a GPU only the registration is checked: Triton's CPU interpreter cannot be traced.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from markers import requires_cuda
+from torch import nn
+
+from kernels import FP4Linear
+from kernels.fp4_linear import prepare_lora
+from kernels.triton_support import HAS_TRITON
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="Triton is not installed")
+
+
+def test_traced_twin_is_registered_with_the_eager_schema():
+    import kernels.fp4_linear_op  # noqa: F401  (registers both)
+
+    eager = torch.ops.nvfp4_flux.fp4_linear.default._schema
+    traced = torch.ops.nvfp4_flux.fp4_linear_traced.default._schema
+    assert [(a.name, str(a.type)) for a in eager.arguments] == [(a.name, str(a.type)) for a in traced.arguments]
+
+
+def test_cpu_compile_keeps_the_eager_op(gen):
+    """On the CPU (reference backend) a compiled FP4 layer keeps the opaque eager op."""
+    torch._dynamo.reset()
+    layer = FP4Linear.from_linear(nn.Linear(64, 32)).float()
+    gm_ops: list[str] = []
+
+    def backend(gm, example_inputs):
+        gm_ops.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+
+    torch.compile(layer, backend=backend, fullgraph=True)(torch.randn(3, 64, generator=gen))
+    assert gm_ops == ["nvfp4_flux.fp4_linear"]
+
+
+CASES = [  # (backend, M, K, N, bias, lora)
+    ("w4a8", 1, 256, 384, True, False),  # GEMV
+    ("w4a8", 77, 256, 384, True, False),  # decode + FP8 GEMM
+    ("w4a8", 77, 256, 384, False, True),  # LoRA columns in the decode launch
+    ("fp8_resident", 77, 256, 384, True, False),
+    ("fp8_resident", 77, 256, 384, False, True),
+    ("w4a16", 1, 256, 384, True, False),  # GEMV (pair table)
+    ("w4a16", 9, 256, 384, False, False),  # fused
+    ("w4a16", 600, 256, 384, True, False),  # decode + cuBLAS (default above the fused limit)
+    ("w4a4", 33, 256, 384, True, False),  # NVFP4 quantizer (+ emulated GEMM off Blackwell)
+]
+
+
+@requires_cuda
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c))
+def test_compiled_equals_eager_bytes_one_graph(case, gen, caplog):
+    backend, m, k, n, bias, lora = case
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    layer = FP4Linear.from_linear(nn.Linear(k, n, bias=bias)).to("cuda", torch.bfloat16).prepare(backend)
+    x = torch.randn(m, k, generator=gen).to("cuda", torch.bfloat16)
+    if lora:
+        plain = layer(x)
+        down = torch.randn(16, k, generator=gen).cuda() * 0.05
+        up = torch.randn(n, 16, generator=gen).cuda() * 0.05
+        layer.lora = prepare_lora(backend, layer.weight, layer.weight_scale, layer.weight_scale_2, layer.aux,
+                                  down, up, torch.bfloat16)  # fmt: skip
+        assert not torch.equal(layer(x), plain), "the LoRA branch is applied"
+    eager = layer(x)
+    compiled = torch.compile(layer, backend="inductor", fullgraph=True)
+    y = compiled(x)
+    assert counters["stats"]["unique_graphs"] == 1 and sum(counters["graph_break"].values()) == 0
+    assert y.dtype == eager.dtype and torch.equal(y, eager), (y.float() - eager.float()).abs().max()
+    y2 = compiled(x.clone())
+    assert torch.equal(y2, eager) and counters["stats"]["unique_graphs"] == 1
+    # Inductor read every kernel's stores (otherwise it assumes all inputs mutated and copies weights)
+    assert "identify_mutated_tensors" not in caplog.text
+
+
+@requires_cuda
+def test_compiled_graph_uses_the_traced_op(gen):
+    """What Dynamo records for a CUDA W4A8 layer: the triton_op twin, not the eager op."""
+    torch._dynamo.reset()
+    layer = FP4Linear.from_linear(nn.Linear(64, 32)).to("cuda", torch.bfloat16).prepare("w4a8")
+    targets: list[str] = []
+
+    def backend(gm, example_inputs):
+        targets.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        return gm
+
+    torch.compile(layer, backend=backend, fullgraph=True)(torch.randn(8, 64, generator=gen).to("cuda", torch.bfloat16))
+    assert targets == ["nvfp4_flux.fp4_linear_traced"]
+
+
+@requires_cuda
+def test_inductor_launches_the_pack_kernels_itself(gen):
+    """Inductor's generated code launches the decode and quantize kernels and calls cuBLAS FP8
+    directly: no call back into the pack's Python op, no copy of the packed weight."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    layer = FP4Linear.from_linear(nn.Linear(256, 384)).to("cuda", torch.bfloat16).prepare("w4a8")
+    x = torch.randn(77, 256, generator=gen).to("cuda", torch.bfloat16)
+    _, sources = run_and_get_code(torch.compile(layer, backend="inductor", fullgraph=True), x)
+    code = "\n".join(sources)
+    print(code)
+    assert "_decode_kernel" in code and "_act_quant_kernel" in code and "_scaled_mm" in code
+    assert "nvfp4_flux" not in code.replace("nvfp4_flux_", "")

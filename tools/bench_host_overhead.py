@@ -1,0 +1,94 @@
+"""Host (CPU) time per FP4 linear call, eager and compiled, against bf16 ``nn.Linear``.
+
+A chain of ``--layers`` tiny linears (M x 256 -> 256) so the GPU work per call is a few
+microseconds and the wall time per call is what the host spends launching it; the GPU time of
+the same chain (CUDA-graph replay, :func:`kernels.autotune.gpu_time_ms`) is printed next to it
+as the floor. Compiled = ``torch.compile`` with Inductor, as ComfyUI's TorchCompileModel does:
+the pack's layers then go through the ``triton_op`` twin of the op and Inductor launches their
+kernels (:mod:`kernels.fp4_linear_op`).
+
+    python tools/bench_host_overhead.py --json bench/host_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from kernels import FP4Linear, autotune  # noqa: E402
+from kernels.fp4_linear import prepare_lora  # noqa: E402
+
+CONFIGS = ["bf16", "w4a8", "w4a8+lora", "fp8_resident", "fp8_resident+lora", "w4a16"]
+
+
+def build(config: str, layers: int, width: int) -> nn.Module:
+    torch.manual_seed(0)
+    linears = [nn.Linear(width, width) for _ in range(layers)]
+    if config == "bf16":
+        return nn.Sequential(*linears).cuda().to(torch.bfloat16)
+    backend, _, lora = config.partition("+")
+    mods = []
+    for lin in linears:
+        m = FP4Linear.from_linear(lin).to("cuda", torch.bfloat16).prepare(backend)
+        if lora:
+            down, up = torch.randn(32, width).cuda() * 0.05, torch.randn(width, 32).cuda() * 0.05
+            m.lora = prepare_lora(backend, m.weight, m.weight_scale, m.weight_scale_2, m.aux, down, up, torch.bfloat16)
+        mods.append(m)
+    return nn.Sequential(*mods)
+
+
+def wall_us_per_call(fn, x: torch.Tensor, calls: int, reps: int = 5) -> float:
+    for _ in range(3):
+        fn(x)
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        for _ in range(10):
+            fn(x)
+        torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t) / 10)
+    return best / calls * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=64)
+    ap.add_argument("--m", type=int, default=64, help="rows per call (64: the W4A8 decode + FP8 GEMM path)")
+    ap.add_argument("--width", type=int, default=256)
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--json", type=pathlib.Path)
+    args = ap.parse_args()
+    autotune.load_shipped_configs()
+    x = torch.randn(args.m, args.width, device="cuda", dtype=torch.bfloat16)
+    rows = []
+    print(f"{'config':20s} {'eager us':>9s} {'compiled us':>11s} {'GPU us':>7s}   (per linear call)")
+    for config in args.configs.split(","):
+        model = build(config, args.layers, args.width)
+        with torch.no_grad():
+            eager = wall_us_per_call(model, x, args.layers)
+            gpu = autotune.gpu_time_ms(lambda model=model: model(x)) * 1e3 / args.layers
+            torch._dynamo.reset()
+            compiled_model = torch.compile(model, backend="inductor", fullgraph=True)
+            compiled = wall_us_per_call(compiled_model, x, args.layers)
+        rows.append({"config": config, "eager_us": eager, "compiled_us": compiled, "gpu_us": gpu})
+        print(f"{config:20s} {eager:9.1f} {compiled:11.1f} {gpu:7.1f}", flush=True)
+    if args.json:
+        env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+        import triton
+
+        env["triton"] = triton.__version__
+        payload = {"environment": env, "layers": args.layers, "m": args.m, "width": args.width, "rows": rows}
+        args.json.write_text(json.dumps(payload, indent=1))
+
+
+if __name__ == "__main__":
+    main()
