@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from .tracing import is_tracing
+
 E2M1_MAX = 6.0
 E2M1_MAGNITUDES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 E2M1_VALUES = E2M1_MAGNITUDES + tuple(-v for v in E2M1_MAGNITUDES)
@@ -28,7 +30,10 @@ _value_tables: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
 
 def e2m1_value_table(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The 16 E2M1 values indexed by code, cached per device and dtype."""
+    """The 16 E2M1 values indexed by code, cached per device and dtype (made afresh while traced
+    into a compiled graph, which may not use tensors from outside it)."""
+    if is_tracing():
+        return torch.tensor(E2M1_VALUES, dtype=dtype, device=device)
     key = (torch.device(device), dtype)
     table = _value_tables.get(key)
     if table is None:

@@ -9,7 +9,7 @@ checks that cost more host time per call than the kernels' own launches (H100 ho
 
 ``fp4_linear_traced`` is the same computation as a ``torch.library.triton_op`` (CUDA tensors,
 every backend but ``reference``): Dynamo puts one node per linear in the graph with no graph
-break, and Inductor then traces the backend's Python once (:mod:`kernels.backends.tracing`)
+break, and Inductor then traces the backend's Python once (:mod:`kernels.tracing`)
 and launches its Triton kernels and cuBLAS calls from its generated code, so a compiled step
 spends no host time in the pack's Python (a compiled FLUX step makes ~300 of these calls).
 :func:`fp4_linear` picks the twin while Dynamo traces. Inference only: there is no backward.
@@ -30,7 +30,7 @@ import torch
 
 from . import backends
 from .backends import reference as _reference  # noqa: F401  (registers "reference")
-from .backends.tracing import tracing
+from .tracing import tracing
 from .triton_support import HAS_TRITON
 
 if HAS_TRITON:  # registers "w4a16", "w4a8", "fp8_resident", "w4a4"

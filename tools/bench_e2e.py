@@ -115,7 +115,8 @@ def evict_from_page_cache(path: pathlib.Path) -> bool:
 
 # ----------------------------------------------------------------------------- measurement nodes
 
-RECORD: dict = {"forwards": [], "outputs": None, "latent": None}
+RECORD: dict = {"forwards": [], "outputs": None, "latent": None, "gpu_probe": False}
+GPU_PROBE_AT = 3  # the model call (0-based) before which the GPU-time probe runs in a timing prompt
 
 
 @functools.cache
@@ -168,15 +169,52 @@ def _sync() -> None:
 
 
 def timed_forward(apply_model, params):
-    """``model_function_wrapper``: records GPU-synchronized start/end of each model call."""
+    """``model_function_wrapper``: records GPU-synchronized start/end of each model call; in a
+    timing prompt, one extra probe call first measures the forward's GPU time (:func:`gpu_probe`)."""
+    probe = None
+    if RECORD["gpu_probe"] and len(RECORD["forwards"]) == GPU_PROBE_AT:
+        probe = gpu_probe(lambda: apply_model(params["input"], params["timestep"], **params["c"]))
     _sync()
     before = _snapshot()
     out = apply_model(params["input"], params["timestep"], **params["c"])
     _sync()
-    RECORD["forwards"].append({"before": before, "after": _snapshot()})
+    RECORD["forwards"].append({"before": before, "after": _snapshot(), "probe": probe})
     if RECORD["outputs"] is not None:
         RECORD["outputs"].append(out.float().cpu())
     return out
+
+
+def gpu_probe(forward) -> dict:
+    """GPU time of one forward with the host taken out: the GPU first sleeps (``torch.cuda._sleep``)
+    for longer than the host needs to enqueue the whole forward, so the forward's kernels then
+    run back to back; CUDA events around them give the GPU-busy time. ``valid`` is false if the
+    host finished enqueueing after the sleep had ended (e.g. a forward that synchronizes)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"valid": False, "gpu_s": None, "host_enqueue_s": None, "probe_wall_s": 0.0}
+    t0 = time.perf_counter()
+    _sync()
+    calib = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+    calib[0].record()
+    torch.cuda._sleep(20_000_000)
+    calib[1].record()
+    calib[1].synchronize()
+    cycles_per_s = 20_000_000 / (calib[0].elapsed_time(calib[1]) / 1e3)
+    last = RECORD["forwards"][-1]
+    sleep_s = max(3.0 * (last["after"]["t"] - last["before"]["t"]), 0.2)
+    start, after_sleep, end = (torch.cuda.Event(enable_timing=True) for _ in range(3))
+    start.record()
+    torch.cuda._sleep(int(sleep_s * cycles_per_s))
+    after_sleep.record()
+    host_start = time.perf_counter()
+    forward()
+    host_enqueue_s = time.perf_counter() - host_start
+    end.record()
+    end.synchronize()
+    slept_s = start.elapsed_time(after_sleep) / 1e3
+    return {"valid": host_enqueue_s < 0.9 * slept_s, "gpu_s": after_sleep.elapsed_time(end) / 1e3,
+            "host_enqueue_s": host_enqueue_s, "slept_s": slept_s, "probe_wall_s": time.perf_counter() - t0}  # fmt: skip
 
 
 class BenchTimer:
@@ -330,13 +368,17 @@ def cosine_psnr(x, ref) -> dict:
 def step_stats(forwards: list[dict], base: dict) -> dict:
     """Step times and compile counts of one prompt's model calls; counters relative to ``base``."""
     ends = [f["after"]["t"] for f in forwards]
-    steps = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+    probes = [f.get("probe") for f in forwards]
+    steps = [b - a - (p["probe_wall_s"] if p else 0.0) for a, b, p in zip(ends, ends[1:], probes[1:], strict=False)]
+    probe = next((p for p in probes if p), None)
     first = forwards[0]["after"]["t"] - forwards[0]["before"]["t"]
     f0b, f0a, last = forwards[0]["before"], forwards[0]["after"], forwards[-1]["after"]
     return {
         "s_per_step": statistics.median(steps) if steps else None,
         "steps_timed": len(steps),
         "step_times": steps,
+        "gpu_s_per_step": probe["gpu_s"] if probe and probe["valid"] else None,
+        "gpu_probe": probe,
         "first_step_s": first,
         "graphs_first_step": f0a["graphs"] - f0b["graphs"],
         "graph_breaks": last["graph_breaks"] - base["graph_breaks"],
@@ -359,10 +401,11 @@ def run_config(comfy, cfg: dict, size, steps: int, tokens: int, references: dict
     checkpoint = files[BF16_FILE if cfg["base"] in ("bf16", "comfy-fp8") else NVFP4_FILE]
     evicted = evict_from_page_cache(checkpoint)
     result: dict = {"config": cfg["name"], "page_cache_evicted": evicted}
-    RECORD.update(forwards=[], outputs=[])
+    RECORD.update(forwards=[], outputs=[], gpu_probe=True)
     base = _snapshot()
     start = time.perf_counter()
     comfy.run(build_prompt(cfg, size, steps, tag=f"{cfg['name']}-timing", tokens=tokens))
+    RECORD["gpu_probe"] = False
     result["timing_prompt_wall_s"] = time.perf_counter() - start
     result["time_to_first_step_s"] = RECORD["forwards"][0]["after"]["t"] - start
     result.update(step_stats(RECORD["forwards"], base))
@@ -389,12 +432,14 @@ def run_config(comfy, cfg: dict, size, steps: int, tokens: int, references: dict
     result["graph_break_reasons_in_process"] = {k[:300]: v for k, v in counters["graph_break"].items()}
 
     if cfg["lora"]:
-        RECORD.update(forwards=[], outputs=None)
+        RECORD.update(forwards=[], outputs=None, gpu_probe=True)
         base = _snapshot()
         comfy.run(build_prompt(cfg, size, steps, tag=f"{cfg['name']}-strength", lora_strength=0.5, tokens=tokens))
+        RECORD["gpu_probe"] = False
         s = step_stats(RECORD["forwards"], base)
         result["strength_change"] = {"graphs_compiled": s["graphs_total"], "graph_breaks": s["graph_breaks"],
-                                     "s_per_step": s["s_per_step"], "first_step_s": s["first_step_s"]}  # fmt: skip
+                                     "s_per_step": s["s_per_step"], "gpu_s_per_step": s["gpu_s_per_step"],
+                                     "first_step_s": s["first_step_s"]}  # fmt: skip
     return result
 
 
@@ -426,16 +471,17 @@ def environment(comfyui: str, comfy_args: list[str]) -> dict:
 def print_table(results: dict[str, dict]) -> None:
     base_eager = results.get("bf16", {}).get("s_per_step")
     base_comp = results.get("bf16+compile", {}).get("s_per_step")
-    comfy_nvfp4 = results.get("comfy-nvfp4", {}).get("s_per_step")
-    cols = f"{'config':28s} {'s/step':>8s} {'x bf16':>7s} {'x bf16c':>7s} {'x cnvfp4':>8s} {'1st step':>8s} " \
-           f"{'weights GB':>10s} {'peak GB':>8s} {'cos':>7s} {'PSNR':>6s} {'cos(c)':>7s}"  # fmt: skip
+    comfy_nvfp4 = results.get("comfy-nvfp4+compile", results.get("comfy-nvfp4", {})).get("s_per_step")
+    cols = f"{'config':28s} {'s/step':>8s} {'GPU s':>7s} {'x bf16':>7s} {'x bf16c':>7s} {'x cnvfp4':>8s} " \
+           f"{'1st step':>8s} {'weights GB':>10s} {'peak GB':>8s} {'cos':>7s} {'PSNR':>6s} {'cos(c)':>7s}"  # fmt: skip
     print(cols)
     for name, r in results.items():
         s = r.get("s_per_step")
         ratio = lambda b, s=s: f"{b / s:7.2f}" if b and s else "      -"  # noqa: E731
         acc = r.get("vs_bf16_latent", {})
-        print(f"{name:28s} {s or float('nan'):8.4f} {ratio(base_eager)} {ratio(base_comp)} {ratio(comfy_nvfp4):>8s} "
-              f"{r['first_step_s']:8.2f} {r['weight_vram_bytes'] / 1e9:10.2f} "
+        gpu = r.get("gpu_s_per_step")
+        print(f"{name:28s} {s or float('nan'):8.4f} {gpu or float('nan'):7.4f} {ratio(base_eager)} {ratio(base_comp)} "
+              f"{ratio(comfy_nvfp4):>8s} {r['first_step_s']:8.2f} {r['weight_vram_bytes'] / 1e9:10.2f} "
               f"{max(r.get('peak_allocated_bytes', 0), r['peak_device_used']) / 1e9:8.2f} "
               f"{acc.get('cosine', float('nan')):7.4f} {acc.get('psnr_db', float('nan')):6.1f} "
               f"{r.get('vs_bf16_compile_latent', {}).get('cosine', float('nan')):7.4f}")  # fmt: skip

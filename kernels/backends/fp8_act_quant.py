@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .tracing import triton_launcher
+from ..tracing import triton_launcher
 
 FP8_MAX = tl.constexpr(448.0)
 MIN_SCALE = tl.constexpr(1e-12)  # an all-zero row gets this scale (and zero codes) instead of 0/0

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from ..nvfp4 import BLOCK_SIZE, nvfp4_global_scale
 from ..scale_layout import swizzled_shape
-from .tracing import triton_launcher
+from ..tracing import triton_launcher
 
 
 @triton.jit

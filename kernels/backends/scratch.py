@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .tracing import is_tracing
+from ..tracing import is_tracing
 
 _buffers: dict[torch.device, torch.Tensor] = {}
 

@@ -28,11 +28,11 @@ import triton
 import triton.language as tl
 
 from ..autotune import Config, pick_config
+from ..tracing import is_tracing, triton_launcher
 from . import add_low_rank, register_backend
 from .fp4_decode_tl import decode_fp4_tile, e2m1_pair_table, e2m1_pair_to_f32, e2m1_to_f32, e4m3_to_f32
 from .reference import reference_fp4_linear
 from .scratch import scratch
-from .tracing import triton_launcher
 from .weight_decode import decode_nvfp4_dense
 
 GEMV_MAX_M = 4
@@ -209,8 +209,11 @@ def _w4a16_gemm(
     if m <= GEMV_MAX_M:
 
         def launch(cfg: Config) -> None:
+            if is_tracing():  # no table from outside the graph: decode arithmetically (same values)
+                cfg = {**cfg, "USE_LUT": 0}
+            lut = e2m1_pair_table(x.device) if cfg["USE_LUT"] else weight
             triton_launcher(_w4a16_gemv_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]), m)](
-                *args, e2m1_pair_table(x.device), n, k, *strides, **flags, **cfg
+                *args, lut, n, k, *strides, **flags, **cfg
             )
 
         launch(pick_config("w4a16_gemv", (m, n, k, str(x.dtype)), GEMV_CANDIDATES, launch))

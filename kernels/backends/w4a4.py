@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..nvfp4 import BLOCK_SIZE, nvfp4_dequantize, nvfp4_quantize
 from ..scale_layout import swizzle_scales, unswizzle_scales
+from ..tracing import is_tracing
 from . import add_low_rank, register_backend
 from .nvfp4_act_quant import quantize_act_nvfp4
 
@@ -103,6 +104,11 @@ def native_w4a4_check(device: torch.device | str) -> tuple[bool, str]:
         device = torch.device("cuda", torch.cuda.current_device())
     if device in _native_ok:
         return _native_ok[device]
+    if is_tracing():  # first use inside a compile trace: run the check on real tensors, outside the trace
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        with _disable_current_modes():
+            return native_w4a4_check(device)
     ok, why = native_fp4_available(device)
     if ok:
         gen = torch.Generator(device="cpu").manual_seed(0)

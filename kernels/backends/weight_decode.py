@@ -28,8 +28,8 @@ import triton.language as tl
 
 from ..autotune import Config, pick_config
 from ..e2m1 import e2m1_decode, unpack_nibbles
+from ..tracing import triton_launcher
 from .fp4_decode_tl import decode_fp4_tile, e4m3_to_f32
-from .tracing import triton_launcher
 
 
 def decode_nvfp4_to_fp8_torch(

@@ -7,10 +7,13 @@ its Triton kernels and cuBLAS calls from its own generated code, with no Python 
 call. Inside that trace (:func:`tracing`) the backends
 
 * launch Triton kernels through ``torch.library.wrap_triton`` (:func:`triton_launcher`), and
-* allocate their per-call decode buffer fresh (:mod:`.scratch`) instead of reusing the
-  per-device scratch: a graph may not write into a tensor it does not own. Each such buffer
-  dies after its GEMM, so the caching allocator hands the same bytes to the next layer and
-  still only one layer's decoded copy exists at a time.
+* allocate their per-call decode buffer fresh instead of reusing the per-device scratch
+  (:mod:`kernels.backends.scratch`): a graph may not write into a tensor it does not own. Each
+  such buffer dies after its GEMM, so the caching allocator hands the same bytes to the next
+  layer and still only one layer's decoded copy exists at a time;
+* use no tensor cached outside the graph (lookup tables): the W4A16 GEMV decodes nibbles
+  arithmetically instead of through its pair table (the same exact values), and the E2M1
+  value table is made inside the trace.
 
 Outside a trace (eager calls) kernels launch directly: going through ``wrap_triton``'s
 higher-order op costs far more host time than the launch.
