@@ -17,17 +17,26 @@ call. Inside that trace (:func:`tracing`) the backends
 
 Outside a trace (eager calls) kernels launch directly: going through ``wrap_triton``'s
 higher-order op costs far more host time than the launch.
+
+The flag is one per process (kept in ``sys.modules``, like the backend registry), because the op
+registered by one import of this package may run backends registered by another (``kernels``
+imported by tools and ``<pack>.kernels`` inside ComfyUI, in one process).
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
+import types
 from collections.abc import Iterator
 
 import torch
 
-_state = threading.local()
+_shared = sys.modules.setdefault("_nvfp4_flux_tracing_state", types.ModuleType("_nvfp4_flux_tracing_state"))
+if not hasattr(_shared, "state"):
+    _shared.state = threading.local()
+_state = _shared.state
 
 
 @contextlib.contextmanager

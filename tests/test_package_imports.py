@@ -62,6 +62,9 @@ def test_op_survives_two_import_names():
         "register_backend('probe', lambda x, w, *rest: x.new_full((*x.shape[:-1], w.shape[0]), 7.0))\n"
         "m = kernels.FP4Linear.from_linear(torch.nn.Linear(32, 8)); m.backend = 'probe'\n"
         "assert (m(torch.randn(2, 32)) == 7).all()\n"
+        "import kernels.tracing as t1, nvfp4_pack.kernels.tracing as t2\n"
+        "with t1.tracing():\n"
+        "    assert t2.is_tracing(), 'the traced op of one import runs backends of the other'\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
