@@ -72,7 +72,7 @@ def test_step_stats_leave_out_the_gpu_probe_and_report_its_time():
     def snap(t):
         return {"t": t, "graphs": 1, "graph_breaks": 0, "pack_compiles": 0, "pack_tunings": 0, "device_used": 7}
 
-    probe = {"valid": True, "gpu_s": 0.12, "host_enqueue_s": 0.05, "slept_s": 0.6, "probe_wall_s": 0.9}
+    probe = {"valid": True, "gpu_s": 0.12, "kernels": 900, "probe_wall_s": 0.9}
     ends = [10.0, 10.5, 11.0 + 0.9, 11.5 + 0.9]  # the third call ran the probe first (0.9 s)
     forwards = [{"before": snap(e - 0.3), "after": snap(e), "probe": probe if i == 2 else None}
                 for i, e in enumerate(ends)]  # fmt: skip
