@@ -485,9 +485,12 @@ def plot(results: dict[str, dict], path: str, title: str) -> None:
 
     names = list(results)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 0.45 * len(names) + 1.8))
-    ax1.barh(names, [results[n]["s_per_step"] or 0 for n in names], color="tab:blue")
-    ax1.set_xlabel("seconds per step (median)")
+    ax1.barh(names, [results[n]["s_per_step"] or 0 for n in names], color="tab:blue", label="wall (median)")
+    ax1.barh(names, [results[n].get("gpu_s_per_step") or 0 for n in names], height=0.35, color="tab:orange",
+             label="GPU kernel time")  # fmt: skip
+    ax1.set_xlabel("seconds per step")
     ax1.invert_yaxis()
+    ax1.legend(loc="lower right")
     ax2.barh(names, [results[n]["weight_vram_bytes"] / 1e9 for n in names], color="tab:green", label="weights")
     ax2.barh(names, [results[n].get("peak_allocated_bytes", 0) / 1e9 for n in names], color="none",
              edgecolor="black", label="peak allocated")  # fmt: skip
