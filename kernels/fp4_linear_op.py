@@ -26,6 +26,8 @@ submodule of the pack inside ComfyUI).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import backends
@@ -103,20 +105,10 @@ _register()
 _TRACED_NAME = "fp4_linear_traced"
 
 
-def _fp4_linear_traced(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    weight_scale: torch.Tensor,
-    alpha: torch.Tensor,
-    bias: torch.Tensor | None,
-    aux: torch.Tensor | None,
-    lora_down: torch.Tensor | None,
-    lora_up: torch.Tensor | None,
-    input_scale: torch.Tensor | None,
-    backend: str,
-) -> torch.Tensor:
+@functools.wraps(_fp4_linear_impl)  # (the schema is inferred from the wrapped signature)
+def _fp4_linear_traced(*args: object, **kwargs: object) -> torch.Tensor:
     with tracing():
-        return _fp4_linear_impl(x, weight, weight_scale, alpha, bias, aux, lora_down, lora_up, input_scale, backend)
+        return _fp4_linear_impl(*args, **kwargs)
 
 
 def _register_traced() -> bool:

@@ -29,6 +29,19 @@ def test_traced_twin_is_registered_with_the_eager_schema():
     assert [(a.name, str(a.type)) for a in eager.arguments] == [(a.name, str(a.type)) for a in traced.arguments]
 
 
+def test_traced_twin_passes_opcheck_on_the_cpu(gen):
+    """Its fake implementation and its decomposition under AOT dispatch (functionalization), with
+    the pure-torch reference backend: what Inductor traces, minus the Triton kernels."""
+    from kernels import nvfp4_quantize
+
+    packed, scales, gs = nvfp4_quantize(torch.randn(24, 64, generator=gen))
+    x = torch.randn(5, 64, generator=gen, dtype=torch.bfloat16)
+    args = (x, packed, scales, gs, None, None, None, None, None, "reference")
+    torch.library.opcheck(torch.ops.nvfp4_flux.fp4_linear_traced.default, args,
+                          test_utils=("test_faketensor", "test_aot_dispatch_dynamic"))  # fmt: skip
+    assert torch.equal(torch.ops.nvfp4_flux.fp4_linear_traced(*args), torch.ops.nvfp4_flux.fp4_linear(*args))
+
+
 def test_cpu_compile_keeps_the_eager_op(gen):
     """On the CPU (reference backend) a compiled FP4 layer keeps the opaque eager op."""
     torch._dynamo.reset()
