@@ -40,10 +40,11 @@ _state = _shared.state
 
 
 @contextlib.contextmanager
-def tracing() -> Iterator[None]:
-    """Mark the enclosed backend code as being traced into a compiled graph."""
+def tracing(on: bool = True) -> Iterator[None]:
+    """Mark the enclosed backend code as being traced into a compiled graph (``on=False``: as
+    running eagerly, e.g. a one-off check on real tensors in the middle of a trace)."""
     previous = getattr(_state, "on", False)
-    _state.on = True
+    _state.on = on
     try:
         yield
     finally:

@@ -130,3 +130,19 @@ def test_w4a4_backend_uses_the_static_input_scale(gen):
     expected = w4a4_emulated_linear(x.to(DEVICE), layer.weight, layer.weight_scale, layer.weight_scale_2,
                                     layer.bias, layer.input_scale)  # fmt: skip
     assert torch.equal(layer(x.to(DEVICE)), expected)
+
+
+def test_native_check_first_run_inside_a_compile_trace_runs_outside_it(monkeypatch):
+    """A compiled model whose first W4A4 call is traced (no warmup) runs the one-off native-GEMM
+    check on real tensors with the trace's modes and flag off, caches it, and does not recurse."""
+    from kernels.backends import w4a4
+    from kernels.tracing import is_tracing, tracing
+
+    seen = []
+    monkeypatch.setattr(w4a4, "_native_ok", {})
+    monkeypatch.setattr(w4a4, "_compare_native_with_emulation", lambda d: seen.append(is_tracing()) or (False, "x"))
+    with tracing():
+        assert w4a4.native_w4a4_check("cpu") == (False, "x")
+        assert w4a4.native_w4a4_check("cpu") == (False, "x")
+        assert is_tracing()
+    assert seen == [False]

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..nvfp4 import BLOCK_SIZE, nvfp4_dequantize, nvfp4_quantize
 from ..scale_layout import swizzle_scales, unswizzle_scales
-from ..tracing import is_tracing
+from ..tracing import is_tracing, tracing
 from . import add_low_rank, register_backend
 from .nvfp4_act_quant import quantize_act_nvfp4
 
@@ -102,13 +102,18 @@ def native_w4a4_check(device: torch.device | str) -> tuple[bool, str]:
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    if device in _native_ok:
-        return _native_ok[device]
-    if is_tracing():  # first use inside a compile trace: run the check on real tensors, outside the trace
-        from torch.utils._python_dispatch import _disable_current_modes
+    if device not in _native_ok:
+        if is_tracing():  # first use inside a compile trace: run the check on real tensors, outside it
+            from torch.utils._python_dispatch import _disable_current_modes
 
-        with _disable_current_modes():
-            return native_w4a4_check(device)
+            with _disable_current_modes(), tracing(False):
+                _native_ok[device] = _compare_native_with_emulation(device)
+        else:
+            _native_ok[device] = _compare_native_with_emulation(device)
+    return _native_ok[device]
+
+
+def _compare_native_with_emulation(device: torch.device) -> tuple[bool, str]:
     ok, why = native_fp4_available(device)
     if ok:
         gen = torch.Generator(device="cpu").manual_seed(0)
@@ -121,8 +126,7 @@ def native_w4a4_check(device: torch.device | str) -> tuple[bool, str]:
             ok, why = err < 1e-2, f"native NVFP4 GEMM disagrees with its emulation (relative error {err:.3g})"
         except RuntimeError as exc:  # cuBLAS without NVFP4, unsupported layout, ...
             ok, why = False, f"native NVFP4 GEMM failed: {str(exc).splitlines()[0]}"
-    _native_ok[device] = (ok, "" if ok else why)
-    return _native_ok[device]
+    return ok, "" if ok else why
 
 
 def w4a4_fp4_linear(
