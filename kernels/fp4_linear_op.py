@@ -123,6 +123,8 @@ def _register_traced() -> bool:
 
 
 _HAS_TRACED = _register_traced()
+_EAGER_OP = getattr(getattr(torch.ops, OP_NAMESPACE), OP_NAME)
+_TRACED_OP = getattr(getattr(torch.ops, OP_NAMESPACE), _TRACED_NAME) if _HAS_TRACED else None
 
 
 def fp4_linear(
@@ -141,5 +143,5 @@ def fp4_linear(
     ``input_scale``: the checkpoint's static activation scale, if any (used by ``w4a4``)."""
     down, up = (None, None) if lora is None else lora
     traced = _HAS_TRACED and backend != "reference" and x.is_cuda and torch.compiler.is_compiling()
-    op = getattr(getattr(torch.ops, OP_NAMESPACE), _TRACED_NAME if traced else OP_NAME)
+    op = _TRACED_OP if traced else _EAGER_OP
     return op(x, weight, weight_scale, alpha, bias, aux, down, up, input_scale, backend)

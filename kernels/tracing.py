@@ -55,6 +55,19 @@ def is_tracing() -> bool:
     return getattr(_state, "on", False)
 
 
+@contextlib.contextmanager
+def outside_trace() -> Iterator[None]:
+    """Run the enclosed code on real tensors even in the middle of a trace (a one-off check whose
+    result is cached): the trace's dispatch modes and the flag are off inside. No-op otherwise."""
+    if not is_tracing():
+        yield
+        return
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes(), tracing(False):
+        yield
+
+
 def triton_launcher(kernel):  # noqa: ANN001, ANN201 (a Triton JITFunction and its launch proxy)
     """``kernel`` itself, or its ``wrap_triton`` proxy while tracing; index it with the grid."""
     return torch.library.wrap_triton(kernel) if is_tracing() else kernel

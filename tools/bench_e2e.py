@@ -171,12 +171,14 @@ def _sync() -> None:
 def timed_forward(apply_model, params):
     """``model_function_wrapper``: records GPU-synchronized start/end of each model call; in a
     timing prompt, one extra probe call first measures the forward's GPU time (:func:`gpu_probe`)."""
-    probe = None
-    if RECORD["gpu_probe"] and len(RECORD["forwards"]) == GPU_PROBE_AT:
-        probe = gpu_probe(lambda: apply_model(params["input"], params["timestep"], **params["c"]))
+
+    def forward():
+        return apply_model(params["input"], params["timestep"], **params["c"])
+
+    probe = gpu_probe(forward) if RECORD["gpu_probe"] and len(RECORD["forwards"]) == GPU_PROBE_AT else None
     _sync()
     before = _snapshot()
-    out = apply_model(params["input"], params["timestep"], **params["c"])
+    out = forward()
     _sync()
     RECORD["forwards"].append({"before": before, "after": _snapshot(), "probe": probe})
     if RECORD["outputs"] is not None:

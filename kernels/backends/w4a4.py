@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..nvfp4 import BLOCK_SIZE, nvfp4_dequantize, nvfp4_quantize
 from ..scale_layout import swizzle_scales, unswizzle_scales
-from ..tracing import is_tracing, tracing
+from ..tracing import outside_trace
 from . import add_low_rank, register_backend
 from .nvfp4_act_quant import quantize_act_nvfp4
 
@@ -103,12 +103,7 @@ def native_w4a4_check(device: torch.device | str) -> tuple[bool, str]:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     if device not in _native_ok:
-        if is_tracing():  # first use inside a compile trace: run the check on real tensors, outside it
-            from torch.utils._python_dispatch import _disable_current_modes
-
-            with _disable_current_modes(), tracing(False):
-                _native_ok[device] = _compare_native_with_emulation(device)
-        else:
+        with outside_trace():  # (a first use inside a compile trace checks on real tensors)
             _native_ok[device] = _compare_native_with_emulation(device)
     return _native_ok[device]
 

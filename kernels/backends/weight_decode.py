@@ -144,11 +144,12 @@ def decode_nvfp4_to_fp8(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode packed NVFP4 ``[N, K/2]`` to e4m3 ``[N, K]`` plus ``col_scale[N]`` (see module doc).
 
-    ``out`` may be a reused flat scratch buffer with at least ``N * K`` elements, or an ``[N, K]``
-    tensor with unit column stride; ``row_shift`` is :func:`fp8_row_shift` of ``weight_scale``
-    when the caller has it (computed here otherwise). ``extra_columns`` (e4m3 ``[N, R]``, e.g. a
-    LoRA's ``B8``) is copied in the same launch to the ``R`` columns after each output row's
-    ``K``; ``out`` is then ``[N, K + R]``. Returns the ``[N, K]`` decoded part and ``col_scale``.
+    ``out`` may be a reused flat scratch buffer with at least ``N * (K + R)`` elements, or an
+    ``[N, K + R]`` tensor with unit column stride (``R = 0`` without ``extra_columns``);
+    ``row_shift`` is :func:`fp8_row_shift` of ``weight_scale`` when the caller has it (computed
+    here otherwise). ``extra_columns`` (e4m3 ``[N, R]``, e.g. a LoRA's ``B8``) is copied in the same
+    launch to the ``R`` columns after each output row's ``K``. Returns the ``[N, K]`` decoded part
+    and ``col_scale``.
     """
     if row_shift is None:
         row_shift = fp8_row_shift(weight_scale)
