@@ -186,6 +186,9 @@ def timed_forward(apply_model, params):
     return out
 
 
+TOP_KERNELS = 40  # the probe keeps the GPU time of this many kernels (by name) with the most of it
+
+
 def gpu_probe(forward) -> dict:
     """GPU time of one forward with the host taken out: the summed device time of every kernel
     and copy it ran (CUPTI through ``torch.profiler``; one stream, so nothing overlaps). This is
@@ -205,7 +208,14 @@ def gpu_probe(forward) -> dict:
         _sync()
     events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     busy_us = sum(e.time_range.elapsed_us() for e in events)
+    by_name: dict[str, list[float]] = {}
+    for e in events:
+        total = by_name.setdefault(e.name[:160], [0.0, 0])
+        total[0] += e.time_range.elapsed_us() / 1e3
+        total[1] += 1
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:TOP_KERNELS]
     return {"valid": bool(events), "gpu_s": busy_us / 1e6, "kernels": len(events),
+            "top_kernels_ms": [[name, round(ms, 3), n] for name, (ms, n) in top],
             "probe_wall_s": time.perf_counter() - t0}  # fmt: skip
 
 
@@ -455,6 +465,13 @@ def environment(comfyui: str, comfy_args: list[str]) -> dict:
             env[mod] = __import__(mod).__version__
         except (ImportError, AttributeError):
             env[mod] = None
+    try:  # which comfy-kitchen backends ComfyUI left on (its CUDA one needs the wheel's compiled extension)
+        import comfy.quant_ops  # noqa: F401  (disables backends per ComfyUI's flags)
+        import comfy_kitchen
+
+        env["comfy_kitchen_backends"] = {k: str(v) for k, v in comfy_kitchen.list_backends().items()}
+    except (ImportError, AttributeError):
+        env["comfy_kitchen_backends"] = None
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     return env
