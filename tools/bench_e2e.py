@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import importlib.metadata
 import json
 import math
 import os
@@ -208,14 +209,15 @@ def gpu_probe(forward) -> dict:
         _sync()
     events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     busy_us = sum(e.time_range.elapsed_us() for e in events)
-    by_name: dict[str, list[float]] = {}
+    ms_by_name: dict[str, float] = {}
+    calls_by_name: dict[str, int] = {}
     for e in events:
-        total = by_name.setdefault(e.name[:160], [0.0, 0])
-        total[0] += e.time_range.elapsed_us() / 1e3
-        total[1] += 1
-    top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:TOP_KERNELS]
+        name = e.name[:160]
+        ms_by_name[name] = ms_by_name.get(name, 0.0) + e.time_range.elapsed_us() / 1e3
+        calls_by_name[name] = calls_by_name.get(name, 0) + 1
+    top = sorted(ms_by_name, key=lambda name: -ms_by_name[name])[:TOP_KERNELS]
     return {"valid": bool(events), "gpu_s": busy_us / 1e6, "kernels": len(events),
-            "top_kernels_ms": [[name, round(ms, 3), n] for name, (ms, n) in top],
+            "top_kernels_ms": [[name, round(ms_by_name[name], 3), calls_by_name[name]] for name in top],
             "probe_wall_s": time.perf_counter() - t0}  # fmt: skip
 
 
@@ -463,13 +465,20 @@ def environment(comfyui: str, comfy_args: list[str]) -> dict:
     for mod in ("triton", "comfy_kitchen", "comfy_aimdo"):
         try:
             env[mod] = __import__(mod).__version__
-        except (ImportError, AttributeError):
-            env[mod] = None
+        except (ImportError, AttributeError):  # (comfy_kitchen has no __version__)
+            try:
+                env[mod] = importlib.metadata.version(mod.replace("_", "-"))
+            except importlib.metadata.PackageNotFoundError:
+                env[mod] = None
     try:  # which comfy-kitchen backends ComfyUI left on (its CUDA one needs the wheel's compiled extension)
         import comfy.quant_ops  # noqa: F401  (disables backends per ComfyUI's flags)
         import comfy_kitchen
 
-        env["comfy_kitchen_backends"] = {k: str(v) for k, v in comfy_kitchen.list_backends().items()}
+        env["comfy_kitchen_backends"] = {
+            name: {"available": info.get("available"), "disabled": info.get("disabled"),
+                   "unavailable_reason": info.get("unavailable_reason")}
+            for name, info in comfy_kitchen.list_backends().items()
+        }  # fmt: skip
     except (ImportError, AttributeError):
         env["comfy_kitchen_backends"] = None
     if torch.cuda.is_available():
