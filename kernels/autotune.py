@@ -86,7 +86,8 @@ def tuning_enabled() -> Iterator[None]:
         _state.tuning = previous
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """Whether Triton kernels run in its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -99,15 +100,18 @@ def pick_config(
     """The config to launch ``kernel`` with for ``key``.
 
     ``candidates[0]`` is the heuristic default. ``launch(config)`` runs the kernel once
-    (used for benchmarking; it must be safe to repeat, i.e. write only its output).
+    (used for benchmarking; it must be safe to repeat, i.e. write only its output). A cached
+    config with other keys than every candidate (tuned for an older kernel, e.g. in a user's
+    cache file) counts as a miss.
     """
     ck = cache_key(kernel, key)
     with _lock:
         hit = _cache.get(ck)
-    if hit is not None:
+    # a config whose keys fit no candidate was tuned for an older version of the kernel: ignored
+    if hit is not None and any(hit.keys() == c.keys() for c in candidates):
         stats["cache_hits"] += 1
         return hit
-    if not getattr(_state, "tuning", False) or _interpreting() or len(candidates) == 1:
+    if not getattr(_state, "tuning", False) or interpreting() or len(candidates) == 1:
         stats["defaults"] += 1
         return candidates[0]
     best, best_ms = candidates[0], float("inf")

@@ -12,6 +12,8 @@ every backend but ``reference``): Dynamo puts one node per linear in the graph w
 break, and Inductor then traces the backend's Python once (:mod:`kernels.tracing`)
 and launches its Triton kernels and cuBLAS calls from its generated code, so a compiled step
 spends no host time in the pack's Python (a compiled FLUX step makes ~300 of these calls).
+Because the compile caches key such a graph by the op's name only, registering the twin also
+tags them with the package's fingerprint (:mod:`kernels.compile_cache`).
 :func:`fp4_linear` picks the twin while Dynamo traces. Inference only: there is no backward.
 
 Signature::
@@ -32,6 +34,7 @@ import torch
 
 from . import backends
 from .backends import reference as _reference  # noqa: F401  (registers "reference")
+from .compile_cache import tag_compile_caches
 from .tracing import tracing
 from .triton_support import HAS_TRITON
 
@@ -119,6 +122,7 @@ def _register_traced() -> bool:
     if not (HAS_TRITON and hasattr(torch.library, "triton_op") and hasattr(torch.library, "wrap_triton")):
         return False
     torch.library.triton_op(f"{OP_NAMESPACE}::{_TRACED_NAME}", _fp4_linear_traced, mutates_args=())
+    tag_compile_caches()  # the caches must not serve graphs compiled from another version of the kernels
     return True
 
 

@@ -280,18 +280,41 @@ def test_prepared_module_matches_reference(backend, gen, force_fp8_gemm):
     assert rel_err(module(x), ref) < BOUND[backend]
 
 
-@pytest.mark.parametrize("use_lut", [0, 1])
-def test_gemv_decodes_alike_with_and_without_pair_table(use_lut, gen, monkeypatch):
+def _gemv_output(hw_cvt: bool, x, packed, scale, gs, bias, monkeypatch) -> torch.Tensor:
     import kernels.backends.w4a16 as w4a16
 
-    monkeypatch.setattr(
-        w4a16, "GEMV_CANDIDATES", [c for c in w4a16.GEMV_CANDIDATES if c["USE_LUT"] == use_lut], raising=True
-    )
+    monkeypatch.setattr(w4a16, "hardware_e4m3_convert", lambda device: hw_cvt, raising=True)
     monkeypatch.setattr("kernels.autotune._cache", {})
+    return fp4_linear(x, packed, scale, gs, bias, "w4a16")
+
+
+@pytest.mark.parametrize("m", [1, 4])
+def test_gemv_arithmetic_decode_matches_float64(m, gen, monkeypatch):
+    """The GEMV's portable decode (pre-sm_89 GPUs and the CPU interpreter), on a ragged K
+    (34 words, 17 scale blocks) and N (200)."""
     packed, scale, gs = quantized_layer(200, 272, gen)
-    x = torch.randn(2, 272, generator=gen).to(torch.bfloat16).to(DEVICE)
-    y = fp4_linear(x, packed, scale, gs, None, "w4a16")
-    assert rel_err(y, float64_reference(x, packed, scale, gs, None)) < BOUND["w4a16"]
+    x = torch.randn(m, 272, generator=gen).to(torch.bfloat16).to(DEVICE)
+    bias = torch.randn(200, generator=gen).to(torch.bfloat16).to(DEVICE)
+    y = _gemv_output(False, x, packed, scale, gs, bias, monkeypatch)
+    assert rel_err(y, float64_reference(x, packed, scale, gs, bias)) < BOUND["w4a16"]
+
+
+@pytest.mark.skipif(
+    not (HAS_CUDA and torch.cuda.get_device_capability() >= (8, 9)), reason="needs an sm_89+ GPU (cvt e4m3x2)"
+)
+@pytest.mark.parametrize("m", [1, 3])
+def test_gemv_hardware_decode_equals_the_arithmetic_one(m, gen, monkeypatch):
+    """Both decodes give the same float32 values, so the same output bits; poisoned output."""
+    packed, scale, gs = quantized_layer(1000, 528, gen)
+    x = torch.randn(m, 528, generator=gen).to(torch.bfloat16).to(DEVICE)
+    outputs = []
+    for hw_cvt in (True, False):
+        poison_allocator()
+        y = _gemv_output(hw_cvt, x, packed, scale, gs, None, monkeypatch)
+        assert torch.isfinite(y).all(), "unwritten or NaN output"
+        outputs.append(y)
+    assert torch.equal(outputs[0], outputs[1])
+    assert rel_err(outputs[0], float64_reference(x, packed, scale, gs, None)) < BOUND["w4a16"]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)

@@ -7,39 +7,17 @@ Bit tricks used (exact, no lookup table):
   bit ``m & 1``); ``m == 1`` is 0.5 and ``m == 0`` is 0; the sign goes to bit 31.
 * E4M3 byte (bias 7) to float32: normal numbers have bits
   ``((exp + 120) << 23) | (mantissa << 20)``; subnormals are ``mantissa * 2**-9``.
+* E2M1 code to E4M3 byte: sign to bit 7, magnitude bits to bits 2-4. The E4M3 number is then
+  exactly ``value * 2**-6`` (``m == 1``, 0.5, becomes E4M3's subnormal ``0.5 * 2**-6``), and
+  sm_89+ converts two such bytes to two fp16 in one instruction (``cvt.rn.f16x2.e4m3x2``).
 
 Packed bytes hold the even-k element in the low nibble (ModelOpt order).
 """
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
-
-from ..e2m1 import e2m1_decode
-
-_pair_tables: dict[torch.device, torch.Tensor] = {}
-
-
-def e2m1_pair_table(device: torch.device) -> torch.Tensor:
-    """int32 ``[256]``: for a packed byte, the bf16 bits of its low-nibble value in bits 0-15 and
-    of its high-nibble value in bits 16-31 (E2M1 values are exact in bf16). Cached per device."""
-    table = _pair_tables.get(device)
-    if table is None:
-        byte = torch.arange(256)
-        top16 = lambda v: v.to(torch.float32).view(torch.int32) >> 16  # noqa: E731
-        lo = top16(e2m1_decode(byte & 0xF)) & 0xFFFF
-        hi = top16(e2m1_decode(byte >> 4))
-        table = ((hi << 16) | lo).to(torch.int32).to(device)
-        _pair_tables[device] = table
-    return table
-
-
-@triton.jit
-def e2m1_pair_to_f32(pair):
-    """Entries of :func:`e2m1_pair_table` -> float32 (low-nibble value, high-nibble value)."""
-    return (pair << 16).to(tl.float32, bitcast=True), ((pair >> 16) << 16).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -70,3 +48,48 @@ def decode_fp4_tile(packed, scale_f32, BLOCK_N: tl.constexpr, BLOCK_K: tl.conste
     lo = tl.reshape(e2m1_to_f32(p & 0xF), [BLOCK_N, BLOCK_K // 16, 8]) * scale_f32[:, :, None]
     hi = tl.reshape(e2m1_to_f32(p >> 4), [BLOCK_N, BLOCK_K // 16, 8]) * scale_f32[:, :, None]
     return tl.reshape(tl.join(lo, hi), [BLOCK_N, BLOCK_K])
+
+
+@triton.jit
+def e2m1_words_to_e4m3(w):
+    """uint32 words of 8 packed E2M1 codes -> (even, odd): uint32 words of 4 E4M3 bytes each,
+    byte ``j`` of ``even`` the code of element ``2j`` (low nibble of byte ``j``), of ``odd`` the
+    code of element ``2j + 1``; each byte is ``code value * 2**-6`` (see module doc)."""
+    even = ((w & 0x08080808) << 4) | ((w & 0x07070707) << 2)
+    odd = (w & 0x80808080) | ((w >> 2) & 0x1C1C1C1C)
+    return even, odd
+
+
+@triton.jit
+def e4m3_words_to_f32(word, HW_CVT: tl.constexpr):
+    """uint32 words of 4 E4M3 bytes -> 4 float32 tensors (byte 0 first). ``HW_CVT``: two
+    ``cvt.rn.f16x2.e4m3x2`` per word (sm_89+); otherwise the bit arithmetic of :func:`e4m3_to_f32`."""
+    if HW_CVT:
+        return tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b16 a, b;
+            .reg .b32 h0, h1;
+            .reg .f16 f0, f1, f2, f3;
+            mov.b32 {a, b}, $4;
+            cvt.rn.f16x2.e4m3x2 h0, a;
+            cvt.rn.f16x2.e4m3x2 h1, b;
+            mov.b32 {f0, f1}, h0;
+            mov.b32 {f2, f3}, h1;
+            cvt.f32.f16 $0, f0;
+            cvt.f32.f16 $1, f1;
+            cvt.f32.f16 $2, f2;
+            cvt.f32.f16 $3, f3;
+            }""",
+            constraints="=f,=f,=f,=f,r",
+            args=[word],
+            dtype=(tl.float32, tl.float32, tl.float32, tl.float32),
+            is_pure=True,
+            pack=1,
+        )
+    else:
+        return (
+            e4m3_to_f32(word & 0xFF),
+            e4m3_to_f32((word >> 8) & 0xFF),
+            e4m3_to_f32((word >> 16) & 0xFF),
+            e4m3_to_f32(word >> 24),
+        )
