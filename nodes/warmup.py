@@ -12,6 +12,7 @@ import folder_paths
 
 from ..kernels import autotune
 from ..kernels.warmup import warmup_fp4_layers
+from . import cond_batch
 from .lora import low_rank_factors
 
 log = logging.getLogger("nvfp4_flux")
@@ -37,7 +38,9 @@ def lora_ranks(model, layers) -> dict[str, int]:
 class NVFP4Warmup:
     """Runs every distinct FP4 GEMM shape of the model at this resolution once, so Triton compiles
     and tunes here, not inside the first sampling step or torch.compile. Tuned configs are saved in
-    ComfyUI's user folder and reused on later runs. Returns the same model (nothing is copied)."""
+    ComfyUI's user folder and reused on later runs. Returns a clone of the model (weights shared)
+    whose sampling, once compiled, runs cond and uncond in separate calls (:mod:`.cond_batch`), so
+    a CFG change does not change the compiled model's batch size."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -56,14 +59,17 @@ class NVFP4Warmup:
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "warmup"
     CATEGORY = "advanced/model"
-    DESCRIPTION = "Place before TorchCompileModel: compiles and tunes the NVFP4 kernels for this resolution."
+    DESCRIPTION = (
+        "Place before TorchCompileModel: compiles and tunes the NVFP4 kernels for this resolution. "
+        "Once compiled, the model runs cond and uncond in separate calls, so changing CFG does not recompile."
+    )
 
     def warmup(self, model, width: int, height: int, batch_size: int, text_tokens: int):
         diffusion_model = model.model.diffusion_model
         layers = [(n, m) for n, m in diffusion_model.named_modules() if getattr(m, "is_fp4", False)]
         if not layers:
             log.info("NVFP4 warmup: the model has no NVFP4 layers; nothing to do")
-            return (model,)
+            return (cond_batch.install(model),)
         device = comfy.model_management.get_torch_device()
         cache = user_cache_file()
         loaded = autotune.load_shipped_configs() + autotune.load_cache_file(cache)
@@ -79,4 +85,4 @@ class NVFP4Warmup:
             "NVFP4 warmup: %d shapes in %.1f s (%d configs tuned, %d from cache; %d cached entries loaded)",
             stats["shapes"], time.perf_counter() - start, stats["tuned"], stats["cache_hits"], loaded,
         )  # fmt: skip
-        return (model,)
+        return (cond_batch.install(model),)
