@@ -9,9 +9,10 @@ changed): minutes of Inductor work for a full FLUX, in the middle of a prompt.
 
 :func:`one_cond_per_call` is a ``sampler_calc_cond_batch_function`` (a ComfyUI sampler hook) that
 runs each cond list in its own call once the model carries a compile wrapper (its model options
-hold ``torch_compile_kwargs``), so the compiled model always sees the latent batch, and leaves
-ComfyUI's batching alone otherwise: eager FLUX is bound by host time per call, where one batched
-call is cheaper. GPU work is the same either way (each call's GEMMs have half the rows).
+hold ComfyUI's ``TORCH_COMPILE_KWARGS`` entry), so the compiled model always sees the latent
+batch, and leaves ComfyUI's batching alone otherwise: eager FLUX is bound by host time per call,
+where one batched call is cheaper. The GEMM work is the same either way (each call's GEMMs have
+half the rows).
 """
 
 from __future__ import annotations
@@ -20,17 +21,17 @@ import logging
 
 import comfy.samplers
 import torch
+from comfy_api.torch_helpers.torch_compile import TORCH_COMPILE_KWARGS
 
 log = logging.getLogger("nvfp4_flux")
 
 HOOK = "sampler_calc_cond_batch_function"
-COMPILE_KWARGS = "torch_compile_kwargs"  # comfy_api.torch_helpers.torch_compile.TORCH_COMPILE_KWARGS
 
 
 def one_cond_per_call(args: dict) -> list[torch.Tensor]:
     """The hook: ``args`` has ``conds``, ``input``, ``sigma``, ``model``, ``model_options``."""
     model, conds, x, sigma, options = args["model"], args["conds"], args["input"], args["sigma"], args["model_options"]
-    if COMPILE_KWARGS not in options or len(conds) < 2:
+    if TORCH_COMPILE_KWARGS not in options or len(conds) < 2:
         return comfy.samplers.calc_cond_batch(model, conds, x, sigma, options)
     return [
         torch.zeros_like(x) if cond is None else comfy.samplers.calc_cond_batch(model, [cond], x, sigma, options)[0]

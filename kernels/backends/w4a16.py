@@ -26,6 +26,8 @@ Tensor layouts are the op contract's (:mod:`kernels.backends`).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -170,7 +172,12 @@ def _w4a16_gemv_kernel(
 
 def hardware_e4m3_convert(device: torch.device) -> bool:
     """Whether the GEMV may convert E4M3 in hardware (sm_89+; not in Triton's CPU interpreter)."""
-    return device.type == "cuda" and not interpreting() and torch.cuda.get_device_capability(device) >= (8, 9)
+    return device.type == "cuda" and not interpreting() and _sm89_or_newer(device)
+
+
+@functools.cache  # asked on every GEMV call: look the device up once
+def _sm89_or_newer(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device) >= (8, 9)
 
 
 def w4a16_fp4_linear(
@@ -209,7 +216,7 @@ def _w4a16_gemm(
     flags = {"ALPHA_PER_ROW": alpha.ndim == 1, "HAS_BIAS": bias is not None}
 
     if m <= GEMV_MAX_M:
-        words = (weight if weight.is_contiguous() else weight.contiguous()).view(torch.int32)
+        words = weight.contiguous().view(torch.int32)
         gemv_args = (x2, words, *args[2:])
         gemv_strides = (x2.stride(0), words.stride(0), *strides[2:])
         hw_cvt = hardware_e4m3_convert(x.device)
