@@ -379,6 +379,27 @@ def test_torch_decode_matches_the_kernel_byte_for_byte(gen):
     assert torch.equal(col_t, col_k.cpu())
 
 
+def test_fp8_decode_every_scale_byte_and_code(gen):
+    """Every finite block-scale byte with every code byte, rows whose largest scale (so row
+    shift) ranges over the e4m3 scales, a poisoned output: the kernel (on sm_89+ its fp16-pair
+    hardware path) writes every byte and each equals the float32 torch decode's."""
+    from kernels.backends.weight_decode import decode_nvfp4_to_fp8, decode_nvfp4_to_fp8_torch, fp8_row_shift
+
+    n, k = 127, 2048
+    top = torch.arange(n, dtype=torch.int64).unsqueeze(1)  # row r uses scale bytes 0..r
+    scale_bytes = (torch.arange(k // 16, dtype=torch.int64).unsqueeze(0) * 37 + top) % (top + 1)
+    scale = scale_bytes.to(torch.uint8).view(torch.float8_e4m3fn)
+    packed = torch.randint(0, 256, (n, k // 2), generator=gen, dtype=torch.uint8)
+    packed[:, :256] = torch.arange(256, dtype=torch.uint8)  # every code pair in every row
+    alpha = torch.rand(n, generator=gen) + 0.5
+    shift = fp8_row_shift(scale)
+    w8_t, col_t = decode_nvfp4_to_fp8_torch(packed, scale, alpha, shift)
+    out = torch.full((n, k), 0x7F, dtype=torch.uint8, device=DEVICE).view(torch.float8_e4m3fn)  # NaN
+    w8_k, col_k = decode_nvfp4_to_fp8(packed.to(DEVICE), scale.to(DEVICE), alpha.to(DEVICE), out, shift.to(DEVICE))
+    assert torch.equal(w8_t.view(torch.uint8), w8_k.cpu().view(torch.uint8))
+    assert torch.equal(col_t, col_k.cpu())
+
+
 # ----------------------------------------------------------------------------- LoRA branch
 
 

@@ -10,14 +10,33 @@ Bit tricks used (exact, no lookup table):
 * E2M1 code to E4M3 byte: sign to bit 7, magnitude bits to bits 2-4. The E4M3 number is then
   exactly ``value * 2**-6`` (``m == 1``, 0.5, becomes E4M3's subnormal ``0.5 * 2**-6``), and
   sm_89+ converts two such bytes to two fp16 in one instruction (``cvt.rn.f16x2.e4m3x2``).
+* Code x block scale x power of two in fp16 is exact whenever the result is an e4m3 value times
+  at most 2**3 (<= 6 significant bits, well inside fp16's 11 and its normal range), so sm_89+
+  can scale two codes with one ``mul.f16x2`` and round the pair to e4m3 with one
+  ``cvt.rn.satfinite.e4m3x2.f16x2``: the same bytes as the float32 path.
 
 Packed bytes hold the even-k element in the low nibble (ModelOpt order).
 """
 
 from __future__ import annotations
 
+import functools
+
+import torch
 import triton
 import triton.language as tl
+
+from ..autotune import interpreting
+
+
+def hardware_e4m3_convert(device: torch.device) -> bool:
+    """Whether kernels may convert E4M3 in hardware (sm_89+; not in Triton's CPU interpreter)."""
+    return device.type == "cuda" and not interpreting() and _sm89_or_newer(device)
+
+
+@functools.cache  # asked on every call: look the device up once
+def _sm89_or_newer(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device) >= (8, 9)
 
 
 @triton.jit
@@ -93,3 +112,53 @@ def e4m3_words_to_f32(word, HW_CVT: tl.constexpr):
             e4m3_to_f32((word >> 16) & 0xFF),
             e4m3_to_f32(word >> 24),
         )
+
+
+@triton.jit
+def scale_e2m1_words_to_e4m3(even, odd, scale_byte, mult):
+    """sm_89+ only. The E4M3 forms of 8 codes (:func:`e2m1_words_to_e4m3`'s ``even``/``odd``),
+    their block's E4M3 scale byte (int32, low 8 bits) and a float32 multiplier ``mult`` (a power
+    of two, with ``code * scale * mult`` inside e4m3 by the caller's construction) -> one int64 of
+    8 e4m3 bytes, byte ``j`` = element ``j``, each ``e4m3(code * scale * mult)`` rounded to nearest
+    even. The scale is formed as ``scale * mult * 2**6`` in float32, narrowed to fp16 (exact, see
+    module doc) and applied to code pairs with ``mul.rn.f16x2``; ``prmt`` interleaves the even
+    and odd bytes."""
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b16 sb, e01, e23, o01, o23, q0, q1, q2, q3;
+        .reg .b32 s2, fe0, fe1, fo0, fo1, ew, ow, lo, hi;
+        .reg .f16 sh, sz;
+        .reg .f32 sf;
+        cvt.u16.u32 sb, $3;
+        cvt.rn.f16x2.e4m3x2 s2, sb;
+        mov.b32 {sh, sz}, s2;
+        cvt.f32.f16 sf, sh;
+        mul.f32 sf, sf, $4;
+        cvt.rn.f16.f32 sh, sf;
+        mov.b32 s2, {sh, sh};
+        mov.b32 {e01, e23}, $1;
+        mov.b32 {o01, o23}, $2;
+        cvt.rn.f16x2.e4m3x2 fe0, e01;
+        cvt.rn.f16x2.e4m3x2 fe1, e23;
+        cvt.rn.f16x2.e4m3x2 fo0, o01;
+        cvt.rn.f16x2.e4m3x2 fo1, o23;
+        mul.rn.f16x2 fe0, fe0, s2;
+        mul.rn.f16x2 fe1, fe1, s2;
+        mul.rn.f16x2 fo0, fo0, s2;
+        mul.rn.f16x2 fo1, fo1, s2;
+        cvt.rn.satfinite.e4m3x2.f16x2 q0, fe0;
+        cvt.rn.satfinite.e4m3x2.f16x2 q1, fe1;
+        cvt.rn.satfinite.e4m3x2.f16x2 q2, fo0;
+        cvt.rn.satfinite.e4m3x2.f16x2 q3, fo1;
+        mov.b32 ew, {q0, q1};
+        mov.b32 ow, {q2, q3};
+        prmt.b32 lo, ew, ow, 0x5140;
+        prmt.b32 hi, ew, ow, 0x7362;
+        mov.b64 $0, {lo, hi};
+        }""",
+        constraints="=l,r,r,r,f",
+        args=[even, odd, scale_byte, mult * 64.0],
+        dtype=tl.int64,
+        is_pure=True,
+        pack=1,
+    )

@@ -26,16 +26,14 @@ Tensor layouts are the op contract's (:mod:`kernels.backends`).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
-from ..autotune import Config, interpreting, pick_config
+from ..autotune import Config, pick_config
 from ..tracing import triton_launcher
 from . import add_low_rank, register_backend
-from .fp4_decode_tl import decode_fp4_tile, e2m1_words_to_e4m3, e4m3_to_f32, e4m3_words_to_f32
+from .fp4_decode_tl import decode_fp4_tile, e2m1_words_to_e4m3, e4m3_to_f32, e4m3_words_to_f32, hardware_e4m3_convert
 from .reference import reference_fp4_linear
 from .scratch import scratch
 from .weight_decode import decode_nvfp4_dense
@@ -168,16 +166,6 @@ def _w4a16_gemv_kernel(
     y = tl.sum(acc, axis=1) * 64.0  # the E4M3 form of a code is its value * 2**-6
     y = _epilogue(y, alpha_ptr, bias_ptr, offs_n, n_ok, ALPHA_PER_ROW, HAS_BIAS)
     tl.store(y_ptr + row * stride_ym + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_ok)
-
-
-def hardware_e4m3_convert(device: torch.device) -> bool:
-    """Whether the GEMV may convert E4M3 in hardware (sm_89+; not in Triton's CPU interpreter)."""
-    return device.type == "cuda" and not interpreting() and _sm89_or_newer(device)
-
-
-@functools.cache  # asked on every GEMV call: look the device up once
-def _sm89_or_newer(device: torch.device) -> bool:
-    return torch.cuda.get_device_capability(device) >= (8, 9)
 
 
 def w4a16_fp4_linear(

@@ -28,8 +28,14 @@ import triton.language as tl
 
 from ..autotune import Config, pick_config
 from ..e2m1 import e2m1_decode, unpack_nibbles
-from ..tracing import triton_launcher
-from .fp4_decode_tl import decode_fp4_tile, e4m3_to_f32
+from ..tracing import is_tracing, triton_launcher
+from .fp4_decode_tl import (
+    decode_fp4_tile,
+    e2m1_words_to_e4m3,
+    e4m3_to_f32,
+    hardware_e4m3_convert,
+    scale_e2m1_words_to_e4m3,
+)
 
 
 def decode_nvfp4_to_fp8_torch(
@@ -78,15 +84,20 @@ def fp8_row_shift(weight_scale: torch.Tensor) -> torch.Tensor:
 @triton.jit
 def _decode_kernel(
     w_ptr, s_ptr, alpha_ptr, down_ptr, out_ptr, col_scale_ptr, extra_ptr,
-    N, K, R,
-    stride_wn, stride_sn, stride_on, stride_en,
-    ALPHA_PER_ROW: tl.constexpr, FP8_OUT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_R: tl.constexpr,
+    N, K, K_WORDS, R,
+    stride_wn, stride_sn, stride_on, stride_en, stride_ww, stride_ow,
+    ALPHA_PER_ROW: tl.constexpr, FP8_OUT: tl.constexpr, HW_CVT: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     """Grid (row blocks, K chunks): one [BLOCK_N, BLOCK_K] tile each. ``FP8_OUT``: codes x block
     scale x row shift (``down``) to e4m3, K chunk 0 writes ``col_scale = alpha / down``; otherwise
     codes x (block scale x alpha) to the output's dtype (``down_ptr``/``col_scale_ptr`` unused).
-    ``BLOCK_R > 0``: K chunk 0 also copies ``extra[n, :R]`` to ``out[n, K:K + R]``."""
+    ``BLOCK_R > 0``: K chunk 0 also copies ``extra[n, :R]`` to ``out[n, K:K + R]``.
+    ``FP8_OUT`` and ``HW_CVT`` (sm_89+): the codes are read as int32 words of 8 and written as
+    int64 words of 8 e4m3 bytes (``K_WORDS = K / 8`` of each a row; ``stride_ww``, ``stride_ow``:
+    the row strides in those words), scaled and rounded by :func:`scale_e2m1_words_to_e4m3`;
+    the same bytes as the float32 path. (Word counts are arguments of their own so that Triton
+    sees their divisibility and vectorizes.)"""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -108,22 +119,33 @@ def _decode_kernel(
     else:
         mult = alpha
 
-    k0 = pid_k * BLOCK_K
-    kp = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-    packed = tl.load(
-        w_ptr + offs_n[:, None] * stride_wn + kp[None, :], mask=n_ok[:, None] & (kp < K // 2)[None, :], other=0
-    )
-    ks = k0 // 16 + tl.arange(0, BLOCK_K // 16)
-    sb = tl.load(
-        s_ptr + offs_n[:, None] * stride_sn + ks[None, :], mask=n_ok[:, None] & (ks < K // 16)[None, :], other=0
-    )
-    w = decode_fp4_tile(packed, e4m3_to_f32(sb) * mult[:, None], BLOCK_N, BLOCK_K)
-    kk = k0 + tl.arange(0, BLOCK_K)
-    tl.store(
-        out_ptr + offs_n[:, None] * stride_on + kk[None, :],
-        w.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"),
-        mask=n_ok[:, None] & (kk < K)[None, :],
-    )
+    if FP8_OUT and HW_CVT:  # 8 codes a word, scaled and rounded in fp16 pairs (see module doc)
+        kw = pid_k * (BLOCK_K // 8) + tl.arange(0, BLOCK_K // 8)
+        tile_ok = n_ok[:, None] & (kw < K_WORDS)[None, :]
+        w32_ptr = w_ptr.to(tl.pointer_type(tl.uint32))
+        words = tl.load(w32_ptr + offs_n[:, None] * stride_ww + kw[None, :], mask=tile_ok, other=0)
+        sb = tl.load(s_ptr + offs_n[:, None] * stride_sn + (kw // 2)[None, :], mask=tile_ok, other=0)
+        even, odd = e2m1_words_to_e4m3(words)
+        w8 = scale_e2m1_words_to_e4m3(even, odd, sb.to(tl.int32), tl.broadcast_to(mult[:, None], even.shape))
+        tl.store(out_ptr.to(tl.pointer_type(tl.int64)) + offs_n[:, None] * stride_ow + kw[None, :], w8,
+                 mask=tile_ok)  # fmt: skip
+    else:
+        k0 = pid_k * BLOCK_K
+        kp = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        packed = tl.load(
+            w_ptr + offs_n[:, None] * stride_wn + kp[None, :], mask=n_ok[:, None] & (kp < K // 2)[None, :], other=0
+        )
+        ks = k0 // 16 + tl.arange(0, BLOCK_K // 16)
+        sb = tl.load(
+            s_ptr + offs_n[:, None] * stride_sn + ks[None, :], mask=n_ok[:, None] & (ks < K // 16)[None, :], other=0
+        )
+        w = decode_fp4_tile(packed, e4m3_to_f32(sb) * mult[:, None], BLOCK_N, BLOCK_K)
+        kk = k0 + tl.arange(0, BLOCK_K)
+        tl.store(
+            out_ptr + offs_n[:, None] * stride_on + kk[None, :],
+            w.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"),
+            mask=n_ok[:, None] & (kk < K)[None, :],
+        )
 
 
 # (BLOCK_N rows, BLOCK_K columns per step, warps); the first is the untuned default
@@ -187,6 +209,13 @@ def decode_nvfp4_dense(
     return out
 
 
+def _word_aligned(t: torch.Tensor, nbytes: int) -> bool:
+    """Whether every row of the byte matrix ``t`` starts on an ``nbytes`` boundary (the pointer is
+    checked where it can be read: not while traced, where Inductor copies misaligned inputs)."""
+    aligned = t.stride(0) % nbytes == 0 and t.storage_offset() % nbytes == 0
+    return aligned and (is_tracing() or t.data_ptr() % nbytes == 0)
+
+
 def _launch_decode(name, weight, weight_scale, alpha, row_shift, out, k, col_scale, extra=None) -> None:
     """One decode launch into the first ``k`` columns of ``out`` (``[N, K + R]``, the last ``R``
     from ``extra``). ``name`` is also the tuning key; ``fp8_decode`` writes e4m3 + col_scale.
@@ -195,13 +224,19 @@ def _launch_decode(name, weight, weight_scale, alpha, row_shift, out, k, col_sca
     n = out.shape[0]
     r = 0 if extra is None else extra.shape[1]
     fp8_out = name == "fp8_decode"
+    words = (
+        fp8_out and k % 8 == 0 and hardware_e4m3_convert(weight.device) and _word_aligned(weight, 4)
+        and _word_aligned(out, 8)
+    )  # fmt: skip
 
     def launch(cfg: Config) -> None:
         triton_launcher(_decode_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(k, cfg["BLOCK_K"]))](
             weight, weight_scale.view(torch.uint8), alpha, row_shift if fp8_out else weight, out,
             col_scale if fp8_out else weight, weight if extra is None else extra,
-            n, k, r, weight.stride(0), weight_scale.stride(0), out.stride(0), 0 if extra is None else extra.stride(0),
-            ALPHA_PER_ROW=alpha.ndim == 1, FP8_OUT=fp8_out, BLOCK_R=triton.next_power_of_2(r) if r else 0, **cfg,
+            n, k, k // 8, r, weight.stride(0), weight_scale.stride(0), out.stride(0),
+            0 if extra is None else extra.stride(0), weight.stride(0) // 4, out.stride(0) // 8,
+            ALPHA_PER_ROW=alpha.ndim == 1, FP8_OUT=fp8_out, HW_CVT=words, BLOCK_R=triton.next_power_of_2(r) if r else 0,
+            **cfg,
         )  # fmt: skip
 
     launch(pick_config(name, (n, k), DECODE_CANDIDATES, launch))
