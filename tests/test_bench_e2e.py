@@ -83,6 +83,28 @@ def test_step_stats_leave_out_the_gpu_probe_and_report_its_time():
     assert s_invalid["gpu_s_per_step"] is None
 
 
+def test_cfg_check_prompt_counts_model_calls_per_step_and_times_steps(monkeypatch):
+    """Two model calls a step (the warmup's hook at cfg > 1): s/step from each step's last call."""
+    p = bench_e2e.build_prompt(bench_e2e.parse_config("w4a8+compile"), (64, 64), steps=3, tag="t", cfg_scale=3.5)
+    assert p["8"]["inputs"]["cfg"] == 3.5
+    ends = [1.0, 1.2, 1.4, 1.6, 1.8, 2.0]  # calls: cond, uncond per step
+
+    def snap(t, graphs=0):
+        return {"t": t, "graphs": graphs, "graph_breaks": 0, "pack_compiles": 0}
+
+    class FakeComfy:
+        def run(self, prompt):
+            assert prompt["8"]["inputs"]["cfg"] == 2.0
+            bench_e2e.RECORD["forwards"] = [{"before": snap(e - 0.1), "after": snap(e)} for e in ends]
+
+    monkeypatch.setattr(bench_e2e, "_snapshot", lambda: snap(0.0))
+    s = bench_e2e.cfg_prompt_stats(FakeComfy(), bench_e2e.parse_config("w4a8+compile"), (64, 64), 3, 32, 2.0)
+    assert s["model_calls_per_step"] == 2
+    assert s["s_per_step_mean"] == pytest.approx(0.4)
+    assert s["first_step_s"] == pytest.approx(0.3)
+    assert s["graphs_compiled"] == 0
+
+
 def test_cosine_and_psnr():
     ref = torch.linspace(-1, 1, 1000)
     same = bench_e2e.cosine_psnr(ref.clone(), ref)

@@ -19,7 +19,9 @@ the NVFP4 file: ComfyUI's own NVFP4 path) or a backend of this pack's loader (``
 ComfyUI's TorchCompileModel (inductor), ``+lora`` LoraLoaderModelOnly. Each runs, through
 ComfyUI's executor, a timing prompt (``--steps`` steps, euler/simple, cfg 1: one forward a step)
 and a 4-step accuracy prompt (latent cosine/PSNR vs ``bf16`` of the same run, or of the
-workdir's saved reference); ``+lora`` runs a third prompt at another strength (recompiles).
+workdir's saved reference); ``+lora`` runs a third prompt at another strength (recompiles);
+``--cfg-check 3.5`` runs the timing prompt at that cfg on every compiled configuration (graphs
+compiled by the CFG change, s/step with cond and uncond).
 """
 
 from __future__ import annotations
@@ -301,7 +303,7 @@ def parse_config(name: str) -> dict:
 
 
 def build_prompt(cfg: dict, size: tuple[int, int], steps: int, tag: str, lora_strength: float = 1.0,
-                 tokens: int = 512) -> dict:  # fmt: skip
+                 tokens: int = 512, cfg_scale: float = 1.0) -> dict:  # fmt: skip
     w, h = size
     p: dict = {}
     if cfg["pack"]:
@@ -327,7 +329,7 @@ def build_prompt(cfg: dict, size: tuple[int, int], steps: int, tag: str, lora_st
     p["6"] = {"class_type": "NVFP4BenchConditioning", "inputs": {"seed": 7, "tokens": tokens, "guidance": 3.5}}
     p["7"] = {"class_type": "EmptySD3LatentImage", "inputs": {"width": w, "height": h, "batch_size": 1}}
     p["8"] = {"class_type": "KSampler", "inputs": {
-        "model": ["5", 0], "seed": 42, "steps": steps, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+        "model": ["5", 0], "seed": 42, "steps": steps, "cfg": cfg_scale, "sampler_name": "euler", "scheduler": "simple",
         "positive": ["6", 0], "negative": ["6", 0], "latent_image": ["7", 0], "denoise": 1.0}}  # fmt: skip
     p["9"] = {"class_type": "NVFP4BenchSink", "inputs": {"samples": ["8", 0], "tag": tag}}
     return p
@@ -396,7 +398,7 @@ def step_stats(forwards: list[dict], base: dict) -> dict:
 
 
 def run_config(comfy, cfg: dict, size, steps: int, tokens: int, references: dict[str, dict],
-               files: dict[str, pathlib.Path]) -> dict:  # fmt: skip
+               files: dict[str, pathlib.Path], cfg_check: float = 0.0) -> dict:  # fmt: skip
     import torch
 
     free_everything(comfy)
@@ -434,6 +436,8 @@ def run_config(comfy, cfg: dict, size, steps: int, tokens: int, references: dict
 
     result["graph_break_reasons_in_process"] = {k[:300]: v for k, v in counters["graph_break"].items()}
 
+    if cfg_check and cfg["compile"]:
+        result["cfg_prompt"] = cfg_prompt_stats(comfy, cfg, size, steps, tokens, cfg_check)
     if cfg["lora"]:
         RECORD.update(forwards=[], outputs=None, gpu_probe=True)
         base = _snapshot()
@@ -444,6 +448,25 @@ def run_config(comfy, cfg: dict, size, steps: int, tokens: int, references: dict
                                      "s_per_step": s["s_per_step"], "gpu_s_per_step": s["gpu_s_per_step"],
                                      "first_step_s": s["first_step_s"]}  # fmt: skip
     return result
+
+
+def cfg_prompt_stats(comfy, cfg: dict, size, steps: int, tokens: int, cfg_scale: float) -> dict:
+    """The timing prompt again at ``cfg_scale`` > 1 (cond and uncond each step) on the compiled model
+    of the earlier prompts: graphs compiled, s/step (mean over steps 2..N) and model calls a step
+    (2 where the warmup's hook runs cond and uncond separately, 1 where ComfyUI batches them)."""
+    RECORD.update(forwards=[], outputs=None, gpu_probe=False)
+    base = _snapshot()
+    comfy.run(build_prompt(cfg, size, steps, tag=f"{cfg['name']}-cfg", tokens=tokens, cfg_scale=cfg_scale))
+    forwards = RECORD["forwards"]
+    per_step = len(forwards) // steps
+    ends = [f["after"]["t"] for f in forwards[per_step - 1 :: per_step]]
+    last = forwards[-1]["after"]
+    return {"cfg": cfg_scale, "model_calls_per_step": per_step,
+            "s_per_step_mean": (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else None,
+            "first_step_s": ends[0] - forwards[0]["before"]["t"],
+            "graphs_compiled": last["graphs"] - base["graphs"],
+            "graph_breaks": last["graph_breaks"] - base["graph_breaks"],
+            "pack_kernel_compiles": last["pack_compiles"] - base["pack_compiles"]}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- report
@@ -544,6 +567,8 @@ def main() -> int:
     ap.add_argument("--blocks", default="19,38", help="double,single blocks (19,38 is FLUX.1-dev)")
     ap.add_argument("--prepare-only", action="store_true", help="write the model files, then stop")
     ap.add_argument("--fresh-caches", action="store_true", help="empty Triton/Inductor/user caches first (cold)")
+    ap.add_argument("--cfg-check", type=float, default=0.0,
+                    help="also run the timing prompt at this cfg (> 1) on each compiled configuration")  # fmt: skip
     args = ap.parse_args()
     size = tuple(int(v) for v in (args.size.split("x") if "x" in args.size else [args.size] * 2))
     blocks = tuple(int(v) for v in args.blocks.split(","))
@@ -587,7 +612,7 @@ def main() -> int:
     for cfg in configs:
         print(f"== {cfg['name']}", flush=True)
         try:
-            r = run_config(comfy, cfg, size, args.steps, args.tokens, references, files)
+            r = run_config(comfy, cfg, size, args.steps, args.tokens, references, files, args.cfg_check)
         except Exception as exc:  # one failing configuration must not lose the others
             import traceback
 

@@ -16,6 +16,12 @@ power-of-two shift ``2**-e[n]`` with ``e[n] = ceil(log2(6 * max_b block_scale[n,
 The one rounding is ``e2m1 * scale * 2**-e`` to e4m3 (nearest even): the product has up to 5
 significant bits and e4m3 keeps 4, so an element moves by at most 1/21 of its value (a mantissa
 of 1.3125 is a tie and goes to 1.25); about half the products are exact.
+
+On sm_89+ the FP8 decode reads int32 words of 8 codes and writes int64 words of 8 e4m3 bytes:
+9 integer ops give each code's E4M3 form, the hardware converts pairs to fp16, one
+``mul.f16x2`` applies block scale x row shift to a pair, one ``cvt.rn.satfinite.e4m3x2.f16x2``
+rounds it (exact up to that rounding, so the same bytes; :mod:`.fp4_decode_tl`). H100: 2.6-3.0
+TB/s against 1.6-2.1 for the float32 path (which Triton's CPU interpreter and older GPUs run).
 """
 
 from __future__ import annotations
@@ -124,9 +130,15 @@ def _decode_kernel(
         tile_ok = n_ok[:, None] & (kw < K_WORDS)[None, :]
         w32_ptr = w_ptr.to(tl.pointer_type(tl.uint32))
         words = tl.load(w32_ptr + offs_n[:, None] * stride_ww + kw[None, :], mask=tile_ok, other=0)
-        sb = tl.load(s_ptr + offs_n[:, None] * stride_sn + (kw // 2)[None, :], mask=tile_ok, other=0)
+        ks = pid_k * (BLOCK_K // 16) + tl.arange(0, BLOCK_K // 16)  # one scale byte per 2 words
+        sb = tl.load(
+            s_ptr + offs_n[:, None] * stride_sn + ks[None, :],
+            mask=n_ok[:, None] & (ks < K_WORDS // 2)[None, :],
+            other=0,
+        ).to(tl.int32)
+        sb = tl.reshape(tl.join(sb, sb), [BLOCK_N, BLOCK_K // 8])
         even, odd = e2m1_words_to_e4m3(words)
-        w8 = scale_e2m1_words_to_e4m3(even, odd, sb.to(tl.int32), tl.broadcast_to(mult[:, None], even.shape))
+        w8 = scale_e2m1_words_to_e4m3(even, odd, sb, tl.broadcast_to(mult[:, None], even.shape))
         tl.store(out_ptr.to(tl.pointer_type(tl.int64)) + offs_n[:, None] * stride_ow + kw[None, :], w8,
                  mask=tile_ok)  # fmt: skip
     else:
@@ -148,11 +160,18 @@ def _decode_kernel(
         )
 
 
-# (BLOCK_N rows, BLOCK_K columns per step, warps); the first is the untuned default
+# (BLOCK_N rows, BLOCK_K columns per step, warps); the first is the untuned default. The float32
+# path (and the dense decode) runs best at 4-8 warps, the fp16-pair path with small programs of
+# 1-2 warps (H100: 2.6-3.0 TB/s; bench/NOTES.md, session 8).
 DECODE_CANDIDATES: list[Config] = [
     {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w}
     for bn, bk, w in [(32, 512, 4), (16, 1024, 4), (64, 256, 4), (32, 1024, 8), (16, 512, 4), (64, 512, 8),
                       (64, 1024, 8), (32, 2048, 8), (128, 512, 8), (16, 2048, 8), (128, 256, 8), (8, 2048, 4)]
+]  # fmt: skip
+FP8_DECODE_WORDS_CANDIDATES: list[Config] = [
+    {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w}
+    for bn, bk, w in [(2, 4096, 2), (8, 1024, 2), (4, 1024, 1), (16, 1024, 4), (4, 4096, 4), (8, 4096, 8),
+                      (8, 2048, 4), (32, 1024, 8), (4, 2048, 2), (2, 2048, 1)]
 ]  # fmt: skip
 
 
@@ -239,4 +258,7 @@ def _launch_decode(name, weight, weight_scale, alpha, row_shift, out, k, col_sca
             **cfg,
         )  # fmt: skip
 
-    launch(pick_config(name, (n, k), DECODE_CANDIDATES, launch))
+    if words:
+        launch(pick_config("fp8_decode_words", (n, k), FP8_DECODE_WORDS_CANDIDATES, launch))
+    else:
+        launch(pick_config(name, (n, k), DECODE_CANDIDATES, launch))
