@@ -20,8 +20,9 @@ ComfyUI's TorchCompileModel (inductor), ``+lora`` LoraLoaderModelOnly. Each runs
 ComfyUI's executor, a timing prompt (``--steps`` steps, euler/simple, cfg 1: one forward a step)
 and a 4-step accuracy prompt (latent cosine/PSNR vs ``bf16`` of the same run, or of the
 workdir's saved reference); ``+lora`` runs a third prompt at another strength (recompiles);
-``--cfg-check 3.5`` runs the timing prompt at that cfg on every compiled configuration (graphs
-compiled by the CFG change, s/step with cond and uncond).
+``--cfg-check 3.5`` runs the timing prompt at that cfg on the pack's compiled configurations
+(graphs compiled by the CFG change, s/step with cond and uncond; not on ComfyUI's own
+configurations, where the batch-2 call recompiles the whole model).
 """
 
 from __future__ import annotations
@@ -436,7 +437,7 @@ def run_config(comfy, cfg: dict, size, steps: int, tokens: int, references: dict
 
     result["graph_break_reasons_in_process"] = {k[:300]: v for k, v in counters["graph_break"].items()}
 
-    if cfg_check and cfg["compile"]:
+    if cfg_check and cfg["compile"] and cfg["pack"]:
         result["cfg_prompt"] = cfg_prompt_stats(comfy, cfg, size, steps, tokens, cfg_check)
     if cfg["lora"]:
         RECORD.update(forwards=[], outputs=None, gpu_probe=True)
@@ -568,7 +569,7 @@ def main() -> int:
     ap.add_argument("--prepare-only", action="store_true", help="write the model files, then stop")
     ap.add_argument("--fresh-caches", action="store_true", help="empty Triton/Inductor/user caches first (cold)")
     ap.add_argument("--cfg-check", type=float, default=0.0,
-                    help="also run the timing prompt at this cfg (> 1) on each compiled configuration")  # fmt: skip
+                    help="also run the timing prompt at this cfg (> 1) on the pack's compiled configurations")  # fmt: skip
     args = ap.parse_args()
     size = tuple(int(v) for v in (args.size.split("x") if "x" in args.size else [args.size] * 2))
     blocks = tuple(int(v) for v in args.blocks.split(","))
