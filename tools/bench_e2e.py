@@ -569,7 +569,7 @@ def main() -> int:
     ap.add_argument("--prepare-only", action="store_true", help="write the model files, then stop")
     ap.add_argument("--fresh-caches", action="store_true", help="empty Triton/Inductor/user caches first (cold)")
     ap.add_argument("--cfg-check", type=float, default=0.0,
-                    help="also run the timing prompt at this cfg (> 1) on the pack's compiled configurations")  # fmt: skip
+                    help="also time the timing prompt at this cfg (> 1) on the pack's compiled configs")  # fmt: skip
     args = ap.parse_args()
     size = tuple(int(v) for v in (args.size.split("x") if "x" in args.size else [args.size] * 2))
     blocks = tuple(int(v) for v in args.blocks.split(","))
