@@ -159,6 +159,19 @@ def test_w4a8_single_row_uses_the_w4a16_gemv(gen):
     assert torch.equal(fp4_linear(x, packed, scale, gs, None, "w4a8"), fp4_linear(x, packed, scale, gs, None, "w4a16"))
 
 
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="cuBLAS's own FP8 kernel choice: needs a GPU")
+@pytest.mark.parametrize("backend", ["w4a8", "fp8_resident"])
+def test_fp8_gemm_few_rows_at_large_k_with_bias(backend, gen, force_fp8_gemm):
+    """FLUX's mlp.2 (K = 12288 -> 3072) on a few text tokens: cuBLAS has no fast-accumulation FP8
+    row-wise kernel with a bias epilogue for M = 2..33 there, so the bias must go around it."""
+    packed, scale, gs = quantized_layer(3072, 12288, gen)
+    b = (torch.randn(3072, generator=gen) * 0.1).to(torch.bfloat16).to(DEVICE)
+    for m in (2, 8, 33, 63, 64, 65):
+        x = torch.randn(m, 12288, generator=gen).to(torch.bfloat16).to(DEVICE)
+        y = run_backend(backend, x, packed, scale, gs, b)
+        assert rel_err(y, float64_reference(x, packed, scale, gs, b)) < FLUX_SHAPE_BOUND, m
+
+
 def test_w4a8_falls_back_for_shapes_cublas_fp8_cannot_take(gen, force_fp8_gemm):
     packed, scale, gs = quantized_layer(100, 64, gen)  # N = 100 is not a multiple of 16
     x = torch.randn(80, 64, generator=gen).to(torch.float16).to(DEVICE)

@@ -48,6 +48,13 @@ from .weight_decode import decode_nvfp4_to_fp8, fp8_row_shift
 W4A8_SMALL_M = 1
 
 
+# cuBLAS (H100, torch 2.11 / CUDA 13) has no FP8 row-wise kernel with a bias epilogue and fast
+# accumulation for a few rows at large K: M = 2..33 at K = 12288 or 15360, N = 3072 fail with
+# CUBLAS_STATUS_NOT_SUPPORTED (bench/NOTES.md, session 8). Below this many rows the bias is added
+# after the GEMM (one small elementwise op).
+CUBLAS_BIAS_MIN_M = 64
+
+
 def fp8_gemm_supports(n: int, k: int) -> bool:
     """cuBLAS FP8 needs N and K multiples of 16."""
     return n % 16 == 0 and k % 16 == 0
@@ -64,16 +71,20 @@ def fp8_scaled_mm(
     """``(q(x) @ w8^T) * row_scale * col_scale + bias`` with per-token FP8 activations; with
     ``lora_down`` [R, K], ``w8`` is ``[N, K + R]`` and ``x @ lora_down^T`` is appended to ``x``."""
     q, row_scale = quantize_act_fp8(x2d, None if lora_down is None else F.linear(x2d, lora_down))
+    bias = None if bias is None else bias.to(torch.bfloat16)
+    bias_in_epilogue = x2d.shape[0] >= CUBLAS_BIAS_MIN_M
     # cuBLAS row-wise scaling on sm_90 produces bf16 only; fp16 callers get a cast.
     y = torch._scaled_mm(
         q,
         w8.t(),
         scale_a=row_scale.unsqueeze(1),
         scale_b=col_scale.unsqueeze(0),
-        bias=None if bias is None else bias.to(torch.bfloat16),
+        bias=bias if bias_in_epilogue else None,
         out_dtype=torch.bfloat16,
         use_fast_accum=True,
     )
+    if bias is not None and not bias_in_epilogue:
+        y = y + bias
     return y if out_dtype == torch.bfloat16 else y.to(out_dtype)
 
 
