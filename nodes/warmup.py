@@ -137,7 +137,8 @@ class NVFP4Warmup:
             "NVFP4 warmup: %d shapes in %.1f s (%d configs tuned, %d from cache; %d cached entries loaded)",
             stats["shapes"], time.perf_counter() - start, stats["tuned"], stats["cache_hits"], loaded,
         )  # fmt: skip
-        if weights_staged_on_first_use(model) and not compiled_downstream(prompt, unique_id):
+        flux_like = "context_in_dim" in model.model.model_config.unet_config
+        if flux_like and weights_staged_on_first_use(model) and not compiled_downstream(prompt, unique_id):
             start = time.perf_counter()
             stage_weights(model)
             log.info("NVFP4 warmup: weights copied to the GPU in %.1f s (dynamic VRAM)", time.perf_counter() - start)

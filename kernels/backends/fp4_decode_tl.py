@@ -10,9 +10,10 @@ Bit tricks used (exact, no lookup table):
 * E2M1 code to E4M3 byte: sign to bit 7, magnitude bits to bits 2-4. The E4M3 number is then
   exactly ``value * 2**-6`` (``m == 1``, 0.5, becomes E4M3's subnormal ``0.5 * 2**-6``), and
   sm_89+ converts two such bytes to two fp16 in one instruction (``cvt.rn.f16x2.e4m3x2``).
-* Code x block scale x power of two in fp16 is exact whenever the result is an e4m3 value times
-  at most 2**3 (<= 6 significant bits, well inside fp16's 11 and its normal range), so sm_89+
-  can scale two codes with one ``mul.f16x2`` and round the pair to e4m3 with one
+* Code (<= 2 significant bits) x E4M3 block scale (<= 4) x the FP8 decode's row shift (a power
+  of two that puts the row's largest product in (224, 448], so >= 2**-3) is 0 or lies in
+  [2**-13, 448] with <= 6 significant bits: fp16 (11 bits, normal from 2**-14) holds it exactly.
+  So sm_89+ can scale two codes with one ``mul.f16x2`` and round the pair to e4m3 with one
   ``cvt.rn.satfinite.e4m3x2.f16x2``: the same bytes as the float32 path.
 
 Packed bytes hold the even-k element in the low nibble (ModelOpt order).

@@ -20,7 +20,7 @@ of 1.3125 is a tie and goes to 1.25); about half the products are exact.
 On sm_89+ the FP8 decode reads int32 words of 8 codes and writes int64 words of 8 e4m3 bytes:
 9 integer ops give each code's E4M3 form, the hardware converts pairs to fp16, one
 ``mul.f16x2`` applies block scale x row shift to a pair, one ``cvt.rn.satfinite.e4m3x2.f16x2``
-rounds it (exact up to that rounding, so the same bytes; :mod:`.fp4_decode_tl`). H100: 2.6-3.0
+rounds it (exact up to that rounding, so the same bytes; :mod:`.fp4_decode_tl`). H100: 2.5-3.0
 TB/s against 1.6-2.1 for the float32 path (which Triton's CPU interpreter and older GPUs run).
 """
 
