@@ -24,6 +24,28 @@ TEST_NODES = pathlib.Path(__file__).resolve().parent / "comfy_test_nodes"
 MODEL_FOLDERS = ("diffusion_models", "loras", "text_encoders", "vae")
 
 
+IN_PROCESS_PREAMBLE = """
+import sys, pathlib, torch
+sys.path.insert(0, {tools!r}); sys.path.insert(0, {root!r})
+import bench_e2e
+from comfy_inprocess import start_comfyui
+work = pathlib.Path({work!r})
+bench_e2e.prepare_files(work / "home" / "models", (1, 1), "cpu")
+"""
+
+
+def run_in_process_script(body: str, work: pathlib.Path, comfyui: str) -> subprocess.CompletedProcess:
+    """Run ``body`` in a fresh Python after :data:`IN_PROCESS_PREAMBLE` (the benchmark's 1+1-block
+    FLUX files written under ``work``, ``start_comfyui`` imported); ``body`` is a ``str.format``
+    template that may use ``{comfy}`` (the ComfyUI checkout) and ``{work}``. Fails the test with
+    the output's tail if the script fails."""
+    fields = {"tools": str(PACK_ROOT / "tools"), "root": str(PACK_ROOT), "work": str(work), "comfy": comfyui}
+    code = (IN_PROCESS_PREAMBLE + body).format(**fields)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1500)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    return run
+
+
 @dataclass
 class ComfyHome:
     """A temporary ComfyUI home: custom_nodes with this pack, model folders, a config YAML."""

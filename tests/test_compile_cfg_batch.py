@@ -15,24 +15,14 @@ wrapper guards on ``transformer_options["sample_sigmas"]``; 0.33 filters that gu
 
 from __future__ import annotations
 
-import pathlib
 import re
 import subprocess
-import sys
 
 import pytest
+from comfy_host import run_in_process_script
 from markers import COMFYUI_PATH, requires_comfyui
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 SCRIPT = r"""
-import sys, pathlib, torch
-sys.path.insert(0, {tools!r}); sys.path.insert(0, {root!r})
-import bench_e2e
-from comfy_inprocess import start_comfyui
-work = pathlib.Path({work!r})
-bench_e2e.prepare_files(work / "home" / "models", (1, 1), "cpu")
-
 
 class AotEagerCompile:
     @classmethod
@@ -91,11 +81,7 @@ print("EAGER_BATCHES", sorted(set(batches)), flush=True)
 @pytest.fixture(scope="module")
 def cfg_run(tmp_path_factory) -> subprocess.CompletedProcess:
     """The script's run (stdout holds its GRAPHS and EAGER_BATCHES lines)."""
-    work = tmp_path_factory.mktemp("cfg_batch")
-    code = SCRIPT.format(tools=str(ROOT / "tools"), root=str(ROOT), work=str(work), comfy=COMFYUI_PATH)
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1500)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
-    return run
+    return run_in_process_script(SCRIPT, tmp_path_factory.mktemp("cfg_batch"), COMFYUI_PATH)
 
 
 @pytest.fixture(scope="module")

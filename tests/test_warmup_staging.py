@@ -11,24 +11,13 @@ latents unchanged, and is skipped when a compile node follows (directly or throu
 
 from __future__ import annotations
 
-import pathlib
 import re
-import subprocess
-import sys
 
 import pytest
+from comfy_host import run_in_process_script
 from markers import COMFYUI_PATH, requires_comfyui
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 SCRIPT = r"""
-import logging, sys, pathlib, torch
-sys.path.insert(0, {tools!r}); sys.path.insert(0, {root!r})
-import bench_e2e
-from comfy_inprocess import start_comfyui
-work = pathlib.Path({work!r})
-bench_e2e.prepare_files(work / "home" / "models", (1, 1), "cpu")
-
 
 class Passthrough:
     @classmethod
@@ -103,12 +92,9 @@ run("compiled_later", prompt(44, ("TestPassthrough", "TorchCompileModel")))
 
 
 @pytest.fixture(scope="module")
-def staging_run() -> dict[str, tuple[int, str, bool]]:
+def staging_run(tmp_path_factory) -> dict[str, tuple[int, str, bool]]:
     """label -> (staging forwards, shape of the first Flux forward, finite latent)."""
-    work = pathlib.Path(__import__("tempfile").mkdtemp(prefix="staging_"))
-    code = SCRIPT.format(tools=str(ROOT / "tools"), root=str(ROOT), work=str(work), comfy=COMFYUI_PATH)
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1500)
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    run = run_in_process_script(SCRIPT, tmp_path_factory.mktemp("staging"), COMFYUI_PATH)
     runs = {
         m[0]: (int(m[1]), m[2], m[3] == "True")
         for m in re.findall(r"^RUN (\S+) (\d+) (.+) (True|False)$", run.stdout, re.M)
