@@ -159,6 +159,44 @@ def test_w4a8_single_row_uses_the_w4a16_gemv(gen):
     assert torch.equal(fp4_linear(x, packed, scale, gs, None, "w4a8"), fp4_linear(x, packed, scale, gs, None, "w4a16"))
 
 
+def _fp8_gemv_output(hw_cvt: bool, x, w8, col_scale, bias, monkeypatch) -> torch.Tensor:
+    import kernels.backends.fp8_gemv as fp8_gemv
+
+    monkeypatch.setattr(fp8_gemv, "hardware_e4m3_convert", lambda device: hw_cvt, raising=True)
+    monkeypatch.setattr("kernels.autotune._cache", {})
+    return fp4_linear(x, w8, col_scale.new_empty(0), col_scale, bias, "fp8_resident")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_fp8_resident_single_row_gemv_matches_float64_of_its_fp8_weights(bias, dtype, gen, monkeypatch):
+    """fp8_resident at M = 1 runs a GEMV over the resident e4m3 weights with unquantized
+    activations: it matches the float64 product of those very weights to the output's rounding
+    (ragged K: 68 words; N = 200 not a multiple of any BLOCK_N; poisoned output), with the
+    portable decode (pre-sm_89 GPUs, the CPU interpreter) and, on sm_89+, the hardware one."""
+    from kernels.backends.w4a8 import W4A8_SMALL_M, make_fp8_resident
+
+    assert W4A8_SMALL_M >= 1
+    packed, scale, gs = quantized_layer(200, 272, gen, per_channel=True)
+    w8, col_scale = make_fp8_resident(packed, scale, gs)
+    x = torch.randn(1, 272, generator=gen).to(dtype).to(DEVICE)
+    b = (torch.randn(200, generator=gen) * 0.1).to(dtype).to(DEVICE) if bias else None
+    ref = x.cpu().double() @ (w8.cpu().double() * col_scale.cpu().double().unsqueeze(1)).T
+    ref = ref if b is None else ref + b.cpu().double()
+    hw = [False] + ([True] if HAS_CUDA and torch.cuda.get_device_capability() >= (8, 9) else [])
+    outputs = []
+    for hw_cvt in hw:
+        poison_allocator()
+        y = _fp8_gemv_output(hw_cvt, x, w8, col_scale, b, monkeypatch)
+        assert y.shape == (1, 200) and y.dtype == dtype and torch.isfinite(y).all(), "unwritten or NaN output"
+        assert rel_err(y, ref) < 2**-8
+        outputs.append(y)
+    assert all(torch.equal(o, outputs[0]) for o in outputs), "hardware and portable decode differ"
+    # the same row on the FP8 GEMM path (activations quantized to e4m3) agrees to that path's bound
+    monkeypatch.setattr("kernels.backends.w4a8.W4A8_SMALL_M", 0)
+    assert rel_err(run_backend("fp8_resident", x, packed, scale, gs, b), ref) < BOUND["fp8_resident"]
+
+
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="cuBLAS's own FP8 kernel choice: needs a GPU")
 @pytest.mark.parametrize("backend", ["w4a8", "fp8_resident"])
 def test_fp8_gemm_few_rows_at_large_k_with_bias(backend, gen, force_fp8_gemm):
@@ -490,17 +528,19 @@ def test_zero_lora_equals_no_lora(backend, gen, force_fp8_gemm):
     assert torch.allclose(y0.float(), plain.float(), rtol=1e-2, atol=1e-3 * plain.abs().max().item())
 
 
+@pytest.mark.parametrize("backend", ["w4a8", "fp8_resident"])
 @pytest.mark.parametrize("m", [1, 40])
-def test_fp8_lora_on_the_small_m_and_plain_paths(m, gen):
-    """W4A8 at M = 1 (W4A16 GEMV + branch added after) and on a layer with an all-zero row block
-    scale (plain-form fallback) still match float64."""
+def test_fp8_lora_on_the_small_m_and_plain_paths(backend, m, gen):
+    """At M = 1 (a GEMV + the branch added after: W4A16's for W4A8, the FP8-weight one for
+    fp8_resident) and on a layer with an all-zero column scale (plain-form fallback) the FP8
+    backends still match float64."""
     packed, scale, gs = quantized_layer(96, 128, gen)
     down, up = lora_factors(96, 128, 8, gen)
     x = torch.randn(m, 128, generator=gen).to(torch.bfloat16).to(DEVICE)
-    y, _ = run_backend_with_lora("w4a8", x, packed, scale, gs, None, down, up)
-    assert rel_err(y, float64_with_lora(x, packed, scale, gs, None, down, up)) < BOUND["w4a8"]
+    y, _ = run_backend_with_lora(backend, x, packed, scale, gs, None, down, up)
+    assert rel_err(y, float64_with_lora(x, packed, scale, gs, None, down, up)) < BOUND[backend]
     zero_alpha = gs * 0
-    y, lora = run_backend_with_lora("w4a8", x, packed, scale, zero_alpha, None, down, up)
+    y, lora = run_backend_with_lora(backend, x, packed, scale, zero_alpha, None, down, up)
     assert lora[1].dtype == torch.bfloat16, "a zero column scale cannot carry B: plain form"
     ref = float64_with_lora(x, packed, scale, zero_alpha, None, down, up)
     assert rel_err(y, ref) < 1e-2

@@ -60,6 +60,7 @@ CASES = [  # (backend, M, K, N, bias, lora)
     ("w4a8", 1, 256, 384, True, False),  # GEMV
     ("w4a8", 77, 256, 384, True, False),  # decode + FP8 GEMM
     ("w4a8", 77, 256, 384, False, True),  # LoRA columns in the decode launch
+    ("fp8_resident", 1, 256, 384, True, False),  # FP8-weight GEMV
     ("fp8_resident", 77, 256, 384, True, False),
     ("fp8_resident", 77, 256, 384, False, True),
     ("w4a16", 1, 256, 384, True, False),  # GEMV (pair table)

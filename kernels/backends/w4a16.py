@@ -137,7 +137,8 @@ def _w4a16_gemv_kernel(
     HW_CVT: tl.constexpr,
 ):  # fmt: skip
     """``w_ptr``: the packed weight as int32 words ``[N, K/8]`` (``stride_wn`` in words); word ``w``
-    holds elements ``8w .. 8w + 7``, element ``8w + i`` in bits ``4i .. 4i + 3``."""
+    holds elements ``8w .. 8w + 7``, element ``8w + i`` in bits ``4i .. 4i + 3``. ``s_ptr``: the
+    e4m3 block scales, as uint8 or (``HW_CVT``, where the type exists) e4m3."""
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -149,7 +150,9 @@ def _w4a16_gemv_kernel(
         w_ok = word < K // 8
         ok = n_ok[:, None] & w_ok[None, :]
         w = tl.load(w_ptr + offs_n[:, None] * stride_wn + word[None, :], mask=ok, other=0).to(tl.uint32, bitcast=True)
-        scale = e4m3_to_f32(tl.load(s_ptr + offs_n[:, None] * stride_sn + (word // 2)[None, :], mask=ok, other=0))
+        scale_byte = tl.load(s_ptr.to(tl.pointer_type(tl.uint8)) + offs_n[:, None] * stride_sn + (word // 2)[None, :],
+                             mask=ok, other=0)  # fmt: skip
+        scale = e4m3_to_f32(scale_byte)
         even, odd = e2m1_words_to_e4m3(w)
         e0, e1, e2, e3 = e4m3_words_to_f32(even, HW_CVT)
         o0, o1, o2, o3 = e4m3_words_to_f32(odd, HW_CVT)
@@ -205,9 +208,11 @@ def _w4a16_gemm(
 
     if m <= GEMV_MAX_M:
         words = weight.contiguous().view(torch.int32)
-        gemv_args = (x2, words, *args[2:])
-        gemv_strides = (x2.stride(0), words.stride(0), *strides[2:])
         hw_cvt = hardware_e4m3_convert(x.device)
+        # sm_89+ takes the e4m3 scales as they are (the kernel reads them through a uint8 pointer):
+        # no dtype view op per call in a compiled graph
+        gemv_args = (x2, words, weight_scale if hw_cvt else args[2], *args[3:])
+        gemv_strides = (x2.stride(0), words.stride(0), *strides[2:])
 
         def launch(cfg: Config) -> None:
             triton_launcher(_w4a16_gemv_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]), m)](

@@ -14,7 +14,8 @@ reads the 4-bit weights directly, is used; W4A16 also takes shapes cuBLAS FP8 ca
 a multiple of 16).
 
 The ``fp8_resident`` backend is step 2-3 only, for weights decoded once at load
-(:func:`make_fp8_resident`): more VRAM (1 byte per weight), less work per call.
+(:func:`make_fp8_resident`): more VRAM (1 byte per weight), less work per call; its small-M rows
+go to a GEMV over the resident FP8 weights (:mod:`.fp8_gemv`; bf16/fp16 activations, one launch).
 
 LoRA (:func:`fp8_lora_form`): the branch ``(x @ A^T) @ B^T`` rides in the same FP8 GEMM as ``R``
 extra K columns: ``[q(x), q(x @ A'^T)] @ [W8, B8]^T`` with the activation row scale shared by both
@@ -39,12 +40,14 @@ import torch.nn.functional as F
 
 from . import add_low_rank, plain_lora, register_backend
 from .fp8_act_quant import quantize_act_fp8
+from .fp8_gemv import fp8_gemv
 from .scratch import scratch
 from .w4a16 import w4a16_fp4_linear
 from .weight_decode import decode_nvfp4_to_fp8, fp8_row_shift
 
-# At or below this many rows the W4A16 GEMV (which decodes once per row) beats decode + FP8 GEMM:
-# 1.21x bf16 at M = 1, 0.35x at M = 4 where the FP8 path gives 0.62x (bench/h100_gemm_v6.json).
+# At or below this many rows a GEMV beats activation quantization + FP8 GEMM: W4A8 takes the W4A16
+# GEMV (which decodes once per row: 1.21x bf16 at M = 1, 0.35x at M = 4 where the FP8 path gives
+# 0.62x, bench/h100_gemm_v6.json), fp8_resident the FP8-weight GEMV (:mod:`.fp8_gemv`).
 W4A8_SMALL_M = 1
 
 
@@ -144,11 +147,17 @@ def fp8_resident_fp4_linear(
     if not fp8_gemm_supports(n, k):  # cuBLAS FP8 cannot take this shape: widen the weights instead
         y = F.linear(x, (weight.to(torch.float32) * alpha.unsqueeze(1)).to(x.dtype), bias)
         return y if lora_down is None else add_low_rank(y, x, lora_down, _dense_lora_up(lora_up, alpha, x.dtype))
+    x2 = x.reshape(-1, k)
+    if x2.shape[0] <= W4A8_SMALL_M and x.dtype in (torch.bfloat16, torch.float16):
+        y = fp8_gemv(x2, weight, alpha, bias)
+        if lora_down is not None:
+            y = add_low_rank(y, x2, lora_down, _dense_lora_up(lora_up, alpha, x.dtype))
+        return y.reshape(*x.shape[:-1], n)
     w8 = weight
     if lora_down is not None:
         w8 = _weight_with_lora_columns(x.device, n, k, lora_down)
         torch.cat((weight, lora_up), dim=1, out=w8)
-    return fp8_scaled_mm(x.reshape(-1, k), w8, alpha, bias, x.dtype, lora_down).reshape(*x.shape[:-1], n)
+    return fp8_scaled_mm(x2, w8, alpha, bias, x.dtype, lora_down).reshape(*x.shape[:-1], n)
 
 
 # ----------------------------------------------------------------------------- LoRA in the FP8 GEMM

@@ -103,7 +103,8 @@ def _decode_kernel(
     int64 words of 8 e4m3 bytes (``K_WORDS = K / 8`` of each a row; ``stride_ww``, ``stride_ow``:
     the row strides in those words), scaled and rounded by :func:`scale_e2m1_words_to_e4m3`;
     the same bytes as the float32 path. (Word counts are arguments of their own so that Triton
-    sees their divisibility and vectorizes.)"""
+    sees their divisibility and vectorizes.) ``s_ptr`` points to the scales as uint8, or on that
+    path as e4m3 (a type sm_89+ has; read through a uint8 pointer cast)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -132,7 +133,7 @@ def _decode_kernel(
         words = tl.load(w32_ptr + offs_n[:, None] * stride_ww + kw[None, :], mask=tile_ok, other=0)
         ks = pid_k * (BLOCK_K // 16) + tl.arange(0, BLOCK_K // 16)  # one scale byte per 2 words
         sb = tl.load(
-            s_ptr + offs_n[:, None] * stride_sn + ks[None, :],
+            s_ptr.to(tl.pointer_type(tl.uint8)) + offs_n[:, None] * stride_sn + ks[None, :],
             mask=n_ok[:, None] & (ks < K_WORDS // 2)[None, :],
             other=0,
         ).to(tl.int32)
@@ -248,9 +249,13 @@ def _launch_decode(name, weight, weight_scale, alpha, row_shift, out, k, col_sca
         and _word_aligned(out, 8)
     )  # fmt: skip
 
+    # the word path reads the e4m3 scales through a uint8 pointer cast in the kernel (sm_89+ takes an
+    # e4m3 pointer argument), which saves the compiled graph a dtype view op per call
+    scales = weight_scale if words else weight_scale.view(torch.uint8)
+
     def launch(cfg: Config) -> None:
         triton_launcher(_decode_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(k, cfg["BLOCK_K"]))](
-            weight, weight_scale.view(torch.uint8), alpha, row_shift if fp8_out else weight, out,
+            weight, scales, alpha, row_shift if fp8_out else weight, out,
             col_scale if fp8_out else weight, weight if extra is None else extra,
             n, k, k // 8, r, weight.stride(0), weight_scale.stride(0), out.stride(0),
             0 if extra is None else extra.stride(0), weight.stride(0) // 4, out.stride(0) // 8,
