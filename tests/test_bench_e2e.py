@@ -54,10 +54,13 @@ def test_step_stats_take_the_median_after_the_first_step_and_count_from_the_base
 
     base = snap(0.0, graphs=5, breaks=2)
     ends = [10.0, 10.5, 11.2, 11.6]
-    forwards = [{"before": snap(0.1, 5, 2), "after": snap(ends[0], 6, 2)}]
-    forwards += [{"before": snap(e - 0.3, 6, 2), "after": snap(e, 6, 2)} for e in ends[1:]]
+    forwards = [{"before": snap(0.1, 5, 2), "enqueued": 9.0, "after": snap(ends[0], 6, 2)}]
+    forwards += [{"before": snap(e - 0.3, 6, 2), "enqueued": e - 0.3 + launch, "after": snap(e, 6, 2)}
+                 for e, launch in zip(ends[1:], (0.2, 0.1, 0.25), strict=True)]  # fmt: skip
     s = bench_e2e.step_stats(forwards, base)
     assert s["s_per_step"] == pytest.approx(0.5) and s["steps_timed"] == 3
+    # per model call after the first: its wall time and the host's launch time (medians)
+    assert s["forward_s"] == pytest.approx(0.3) and s["host_launch_s"] == pytest.approx(0.2)
     assert s["first_step_s"] == pytest.approx(9.9)
     assert (s["graphs_first_step"], s["recompiles_after_first_step"], s["graphs_total"], s["graph_breaks"]) == (
         1,
@@ -74,7 +77,7 @@ def test_step_stats_leave_out_the_gpu_probe_and_report_its_time():
 
     probe = {"valid": True, "gpu_s": 0.12, "kernels": 900, "probe_wall_s": 0.9}
     ends = [10.0, 10.5, 11.0 + 0.9, 11.5 + 0.9]  # the third call ran the probe first (0.9 s)
-    forwards = [{"before": snap(e - 0.3), "after": snap(e), "probe": probe if i == 2 else None}
+    forwards = [{"before": snap(e - 0.3), "enqueued": e - 0.1, "after": snap(e), "probe": probe if i == 2 else None}
                 for i, e in enumerate(ends)]  # fmt: skip
     s = bench_e2e.step_stats(forwards, snap(0.0))
     assert s["step_times"] == pytest.approx([0.5, 0.5, 0.5]) and s["gpu_s_per_step"] == 0.12

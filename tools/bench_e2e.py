@@ -183,8 +183,9 @@ def timed_forward(apply_model, params):
     _sync()
     before = _snapshot()
     out = forward()
+    enqueued = time.perf_counter()  # the host has launched the whole call (if nothing inside waits for the GPU)
     _sync()
-    RECORD["forwards"].append({"before": before, "after": _snapshot(), "probe": probe})
+    RECORD["forwards"].append({"before": before, "enqueued": enqueued, "after": _snapshot(), "probe": probe})
     if RECORD["outputs"] is not None:
         RECORD["outputs"].append(out.float().cpu())
     return out
@@ -377,6 +378,7 @@ def step_stats(forwards: list[dict], base: dict) -> dict:
     probes = [f.get("probe") for f in forwards]
     steps = [b - a - (p["probe_wall_s"] if p else 0.0) for a, b, p in zip(ends, ends[1:], probes[1:], strict=False)]
     probe = next((p for p in probes if p), None)
+    later = forwards[1:]
     first = forwards[0]["after"]["t"] - forwards[0]["before"]["t"]
     f0b, f0a, last = forwards[0]["before"], forwards[0]["after"], forwards[-1]["after"]
     return {
@@ -384,6 +386,10 @@ def step_stats(forwards: list[dict], base: dict) -> dict:
         "steps_timed": len(steps),
         "step_times": steps,
         "gpu_s_per_step": probe["gpu_s"] if probe and probe["valid"] else None,
+        # one model call, GPU idle at its start: its wall time, and how long the host took to launch it
+        # (launch ~ call wall: the call is bound by the host); the rest of a step is the sampler's
+        "forward_s": statistics.median(f["after"]["t"] - f["before"]["t"] for f in later) if later else None,
+        "host_launch_s": statistics.median(f["enqueued"] - f["before"]["t"] for f in later) if later else None,
         "gpu_probe": probe,
         "first_step_s": first,
         "graphs_first_step": f0a["graphs"] - f0b["graphs"],
@@ -513,15 +519,18 @@ def print_table(results: dict[str, dict]) -> None:
     base_eager = results.get("bf16", {}).get("s_per_step")
     base_comp = results.get("bf16+compile", {}).get("s_per_step")
     comfy_nvfp4 = results.get("comfy-nvfp4+compile", results.get("comfy-nvfp4", {})).get("s_per_step")
-    cols = f"{'config':28s} {'s/step':>8s} {'GPU s':>7s} {'x bf16':>7s} {'x bf16c':>7s} {'x cnvfp4':>8s} " \
-           f"{'1st step':>8s} {'weights GB':>10s} {'peak GB':>8s} {'cos':>7s} {'PSNR':>6s} {'cos(c)':>7s}"  # fmt: skip
+    cols = f"{'config':28s} {'s/step':>8s} {'GPU s':>7s} {'call s':>7s} {'launch':>7s} {'x bf16':>7s} " \
+           f"{'x bf16c':>7s} {'x cnvfp4':>8s} {'1st step':>8s} {'weights GB':>10s} {'peak GB':>8s} {'cos':>7s} " \
+           f"{'PSNR':>6s} {'cos(c)':>7s}"  # fmt: skip
     print(cols)
     for name, r in results.items():
         s = r.get("s_per_step")
         ratio = lambda b, s=s: f"{b / s:7.2f}" if b and s else "      -"  # noqa: E731
         acc = r.get("vs_bf16_latent", {})
         gpu = r.get("gpu_s_per_step")
-        print(f"{name:28s} {s or float('nan'):8.4f} {gpu or float('nan'):7.4f} {ratio(base_eager)} {ratio(base_comp)} "
+        call, launch = r.get("forward_s"), r.get("host_launch_s")
+        print(f"{name:28s} {s or float('nan'):8.4f} {gpu or float('nan'):7.4f} {call or float('nan'):7.4f} "
+              f"{launch or float('nan'):7.4f} {ratio(base_eager)} {ratio(base_comp)} "
               f"{ratio(comfy_nvfp4):>8s} {r['first_step_s']:8.2f} {r['weight_vram_bytes'] / 1e9:10.2f} "
               f"{max(r.get('peak_allocated_bytes', 0), r['peak_device_used']) / 1e9:8.2f} "
               f"{acc.get('cosine', float('nan')):7.4f} {acc.get('psnr_db', float('nan')):6.1f} "
