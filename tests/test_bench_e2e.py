@@ -86,6 +86,14 @@ def test_step_stats_leave_out_the_gpu_probe_and_report_its_time():
     assert s_invalid["gpu_s_per_step"] is None
 
 
+def test_timeline_stats_split_idle_time_into_launch_gaps_and_host_waits():
+    # kernels (us): 0-100, 102-150 (2 us gap), an overlapping copy 140-160, 200-300 (40 us gap)
+    t = bench_e2e.timeline_stats([(200.0, 300.0), (0.0, 100.0), (102.0, 150.0), (140.0, 160.0)])
+    assert t["span_s"] == pytest.approx(300e-6) and t["idle_s"] == pytest.approx(42e-6)
+    assert t["idle_in_long_gaps_s"] == pytest.approx(40e-6) and t["long_gaps"] == 1
+    assert bench_e2e.timeline_stats([])["span_s"] == 0.0
+
+
 def test_cfg_check_prompt_counts_model_calls_per_step_and_times_steps(monkeypatch):
     """Two model calls a step (the warmup's hook at cfg > 1): s/step from each step's last call."""
     p = bench_e2e.build_prompt(bench_e2e.parse_config("w4a8+compile"), (64, 64), steps=3, tag="t", cfg_scale=3.5)
