@@ -88,9 +88,10 @@ def test_step_stats_leave_out_the_gpu_probe_and_report_its_time():
 
 def test_timeline_stats_split_idle_time_into_launch_gaps_and_host_waits():
     # kernels (us): 0-100, 102-150 (2 us gap), an overlapping copy 140-160, 200-300 (40 us gap)
-    t = bench_e2e.timeline_stats([(200.0, 300.0), (0.0, 100.0), (102.0, 150.0), (140.0, 160.0)])
+    t = bench_e2e.timeline_stats([(200.0, 300.0, "d"), (0.0, 100.0, "a"), (102.0, 150.0, "b"), (140.0, 160.0, "c")])
     assert t["span_s"] == pytest.approx(300e-6) and t["idle_s"] == pytest.approx(42e-6)
     assert t["idle_in_long_gaps_s"] == pytest.approx(40e-6) and t["long_gaps"] == 1
+    assert t["longest_gaps"] == [[40.0, "c", "d"]]  # named by the kernel that ended last before it
     assert bench_e2e.timeline_stats([])["span_s"] == 0.0
 
 

@@ -219,36 +219,40 @@ def gpu_probe(forward) -> dict:
         ms_by_name[name] = ms_by_name.get(name, 0.0) + e.time_range.elapsed_us() / 1e3
         calls_by_name[name] = calls_by_name.get(name, 0) + 1
     top = sorted(ms_by_name, key=lambda name: -ms_by_name[name])[:TOP_KERNELS]
-    timeline = timeline_stats([(e.time_range.start, e.time_range.end) for e in events])
+    timeline = timeline_stats([(e.time_range.start, e.time_range.end, e.name[:80]) for e in events])
     return {"valid": bool(events), "gpu_s": sum(ms_by_name.values()) / 1e3, "kernels": len(events),
             "top_kernels_ms": [[name, round(ms_by_name[name], 3), calls_by_name[name]] for name in top],
             "timeline": timeline, "probe_wall_s": time.perf_counter() - t0}  # fmt: skip
 
 
 LONG_GAP_US = 10.0  # an idle gap this long between two kernels means the GPU waited for the host
+LONGEST_GAPS = 12  # how many of the longest gaps the probe names (the kernels on either side)
 
 
-def timeline_stats(intervals_us: list[tuple[float, float]]) -> dict:
-    """Where a call's GPU time went, from its kernels' (start, end) in microseconds: the span from
-    the first start to the last end, the idle time inside it (the span minus the union of the
-    kernels), and the part of that idle time in gaps of at least :data:`LONG_GAP_US` (the GPU
-    waiting for the host's launches; shorter gaps are the launch latency between queued kernels)."""
-    if not intervals_us:
-        return {"span_s": 0.0, "idle_s": 0.0, "idle_in_long_gaps_s": 0.0, "long_gaps": 0}
-    ordered = sorted(intervals_us)
+def timeline_stats(kernels_us: list[tuple[float, float, str]]) -> dict:
+    """Where a call's GPU time went, from its kernels' (start, end, name), times in microseconds:
+    the span from the first start to the last end, the idle time inside it (the span minus the
+    union of the kernels), the part of that idle time in gaps of at least :data:`LONG_GAP_US` (the
+    GPU waiting for the host's launches; shorter gaps are the launch latency between queued
+    kernels), and the longest gaps as ``[us, kernel before, kernel after]``."""
+    if not kernels_us:
+        return {"span_s": 0.0, "idle_s": 0.0, "idle_in_long_gaps_s": 0.0, "long_gaps": 0, "longest_gaps": []}
+    ordered = sorted(kernels_us)
     idle = long_idle = 0.0
-    long_gaps = 0
-    busy_until = ordered[0][1]
-    for start, end in ordered[1:]:
+    gaps: list[list] = []
+    busy_until, last = ordered[0][1], ordered[0][2]
+    for start, end, name in ordered[1:]:
         gap = start - busy_until
         if gap > 0:
             idle += gap
             if gap >= LONG_GAP_US:
                 long_idle += gap
-                long_gaps += 1
-        busy_until = max(busy_until, end)
+                gaps.append([round(gap, 1), last, name])
+        if end >= busy_until:
+            busy_until, last = end, name
+    longest = sorted(gaps, key=lambda g: -g[0])[:LONGEST_GAPS]
     return {"span_s": (busy_until - ordered[0][0]) / 1e6, "idle_s": idle / 1e6, "idle_in_long_gaps_s": long_idle / 1e6,
-            "long_gaps": long_gaps}  # fmt: skip
+            "long_gaps": len(gaps), "longest_gaps": longest}  # fmt: skip
 
 
 class BenchTimer:
