@@ -63,14 +63,14 @@ def _fp8_gemv_kernel(
 
 def fp8_gemv(x2d: torch.Tensor, w8: torch.Tensor, col_scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``x2d`` bf16/fp16 ``[M, K]``, ``w8`` e4m3 ``[N, K]`` (``K`` a multiple of 4), ``col_scale``
-    float32 ``[N]`` -> ``[M, N]`` in ``x2d.dtype`` (see module doc). CUDA tensors (or Triton's
-    interpreter)."""
+    float32 ``[N]`` or 0-d -> ``[M, N]`` in ``x2d.dtype`` (see module doc). CUDA tensors (or
+    Triton's interpreter)."""
     m, k = x2d.shape
     n = w8.shape[0]
     if x2d.stride(-1) != 1:
         x2d = x2d.contiguous()
     words = w8.contiguous().view(torch.int32)
-    col_scale = col_scale.to(torch.float32).expand(n)
+    col_scale = col_scale.to(torch.float32).expand(n).contiguous()  # a 0-d scale becomes [N] (the kernel indexes it)
     y = torch.empty((m, n), dtype=x2d.dtype, device=x2d.device)
     if m == 0:
         return y
