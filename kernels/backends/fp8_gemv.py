@@ -25,11 +25,10 @@ import triton.language as tl
 from ..autotune import Config, pick_config
 from ..tracing import triton_launcher
 from .fp4_decode_tl import e4m3_words_to_f32, hardware_e4m3_convert
+from .w4a16 import GEMV_CANDIDATES
 
-FP8_GEMV_CANDIDATES: list[Config] = [
-    {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w}
-    for bn, bk, w in [(8, 512, 2), (4, 1024, 1), (4, 512, 1), (8, 1024, 2), (16, 512, 4), (16, 256, 2), (8, 256, 1)]
-]
+# the W4A16 GEMV's tiles (the same loop over [BLOCK_N, words] tiles, tuned under its own key)
+FP8_GEMV_CANDIDATES: list[Config] = GEMV_CANDIDATES
 
 
 @triton.jit
