@@ -95,6 +95,23 @@ def test_timeline_stats_split_idle_time_into_launch_gaps_and_host_waits():
     assert bench_e2e.timeline_stats([])["span_s"] == 0.0
 
 
+def test_host_stats_time_the_lead_and_name_what_the_host_did_in_each_gap():
+    gpu = [(1000.0, 1100.0, "k1"), (1300.0, 1400.0, "k2"), (1420.0, 1500.0, "k1"), (1700.0, 1750.0, "k2")]
+    forward = (400.0, 1800.0, "mark")
+    cpu = [(400.0, 1790.0, "Torch-Compiled Region"), (410.0, 900.0, "TorchDynamo Cache Lookup"),
+           (1150.0, 1290.0, "aten::_scaled_mm"), (1200.0, 1210.0, "cudaMalloc"), (1900.0, 1950.0, "after")]  # fmt: skip
+    h = bench_e2e.host_stats(gpu, cpu, forward)
+    assert h["lead_us"] == 600.0  # call at 400, first kernel at 1000
+    top = {name: (ms, n) for name, ms, n in h["cpu_top"]}
+    assert top["TorchDynamo Cache Lookup"] == (pytest.approx(0.49), 1) and "after" not in top
+    # gaps: k1 -> k2 twice (200 us, 200 us), k2 -> k1 (20 us)
+    assert h["gap_pairs"][0] == ["k1", "k2", 2, 400.0] and h["gap_pairs"][1] == ["k2", "k1", 1, 20.0]
+    first = h["gap_host"][0]
+    assert first[:3] == [200.0, "k1", "k2"]
+    names = [n for n, _ in first[3]]
+    assert names[0] in ("cudaMalloc",) and "aten::_scaled_mm" in names  # innermost first
+
+
 def test_cfg_check_prompt_counts_model_calls_per_step_and_times_steps(monkeypatch):
     """Two model calls a step (the warmup's hook at cfg > 1): s/step from each step's last call."""
     p = bench_e2e.build_prompt(bench_e2e.parse_config("w4a8+compile"), (64, 64), steps=3, tag="t", cfg_scale=3.5)

@@ -119,7 +119,7 @@ def evict_from_page_cache(path: pathlib.Path) -> bool:
 
 # ----------------------------------------------------------------------------- measurement nodes
 
-RECORD: dict = {"forwards": [], "outputs": None, "latent": None, "gpu_probe": False}
+RECORD: dict = {"forwards": [], "outputs": None, "latent": None, "gpu_probe": False, "host_probe": False}
 GPU_PROBE_AT = 3  # the model call (0-based) before which the GPU-time probe runs in a timing prompt
 
 
@@ -179,7 +179,12 @@ def timed_forward(apply_model, params):
     def forward():
         return apply_model(params["input"], params["timestep"], **params["c"])
 
-    probe = gpu_probe(forward) if RECORD["gpu_probe"] and len(RECORD["forwards"]) == GPU_PROBE_AT else None
+    probe = None
+    if RECORD["gpu_probe"] and len(RECORD["forwards"]) == GPU_PROBE_AT:
+        probe = gpu_probe(forward)
+        if RECORD["host_probe"]:
+            probe["host"] = host_probe(forward)
+            probe["probe_wall_s"] += probe["host"].pop("probe_wall_s")
     _sync()
     before = _snapshot()
     out = forward()
@@ -229,6 +234,24 @@ LONG_GAP_US = 10.0  # an idle gap this long between two kernels means the GPU wa
 LONGEST_GAPS = 12  # how many of the longest gaps the probe names (the kernels on either side)
 
 
+def _long_gaps(kernels_us: list[tuple[float, float, str]]) -> tuple[float, list[tuple[float, float, str, str]]]:
+    """The idle time between sorted kernels and the gaps of at least :data:`LONG_GAP_US` as
+    ``(start, end, kernel before, kernel after)`` (before: the kernel that ended last)."""
+    ordered = sorted(kernels_us)
+    idle = 0.0
+    gaps: list[tuple[float, float, str, str]] = []
+    busy_until, last = ordered[0][1], ordered[0][2]
+    for start, end, name in ordered[1:]:
+        gap = start - busy_until
+        if gap > 0:
+            idle += gap
+            if gap >= LONG_GAP_US:
+                gaps.append((busy_until, start, last, name))
+        if end >= busy_until:
+            busy_until, last = end, name
+    return idle, gaps
+
+
 def timeline_stats(kernels_us: list[tuple[float, float, str]]) -> dict:
     """Where a call's GPU time went, from its kernels' (start, end, name), times in microseconds:
     the span from the first start to the last end, the idle time inside it (the span minus the
@@ -237,22 +260,75 @@ def timeline_stats(kernels_us: list[tuple[float, float, str]]) -> dict:
     kernels), and the longest gaps as ``[us, kernel before, kernel after]``."""
     if not kernels_us:
         return {"span_s": 0.0, "idle_s": 0.0, "idle_in_long_gaps_s": 0.0, "long_gaps": 0, "longest_gaps": []}
-    ordered = sorted(kernels_us)
-    idle = long_idle = 0.0
-    gaps: list[list] = []
-    busy_until, last = ordered[0][1], ordered[0][2]
-    for start, end, name in ordered[1:]:
-        gap = start - busy_until
-        if gap > 0:
-            idle += gap
-            if gap >= LONG_GAP_US:
-                long_idle += gap
-                gaps.append([round(gap, 1), last, name])
-        if end >= busy_until:
-            busy_until, last = end, name
-    longest = sorted(gaps, key=lambda g: -g[0])[:LONGEST_GAPS]
-    return {"span_s": (busy_until - ordered[0][0]) / 1e6, "idle_s": idle / 1e6, "idle_in_long_gaps_s": long_idle / 1e6,
-            "long_gaps": len(gaps), "longest_gaps": longest}  # fmt: skip
+    idle, gaps = _long_gaps(kernels_us)
+    longest = sorted(gaps, key=lambda g: g[0] - g[1])[:LONGEST_GAPS]
+    return {"span_s": (max(k[1] for k in kernels_us) - min(k[0] for k in kernels_us)) / 1e6, "idle_s": idle / 1e6,
+            "idle_in_long_gaps_s": sum(g[1] - g[0] for g in gaps) / 1e6, "long_gaps": len(gaps),
+            "longest_gaps": [[round(g[1] - g[0], 1), g[2], g[3]] for g in longest]}  # fmt: skip
+
+
+HOST_TOP = 30  # host events (by name) with the most time that the host probe keeps
+FORWARD_MARK = "nvfp4_bench_forward"
+
+
+def host_probe(forward) -> dict:
+    """Where the host keeps the GPU waiting in one forward: profiled with CPU events too (aten
+    ops, Dynamo's cache lookup, the compiled graph's call, CUDA runtime calls), which slows the
+    host, so only the structure counts here, not the times (:func:`host_stats`)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    if not torch.cuda.is_available():
+        return {"probe_wall_s": 0.0}
+    t0 = time.perf_counter()
+    _sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with record_function(FORWARD_MARK):
+            forward()
+        _sync()
+    gpu, cpu, mark = [], [], None
+    for e in prof.events():
+        span = (e.time_range.start, e.time_range.end, e.name[:100])
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            gpu.append(span)
+        elif e.name == FORWARD_MARK:
+            mark = span
+        else:
+            cpu.append(span)
+    stats = host_stats(gpu, cpu, mark) if gpu and mark else {}
+    return {**stats, "probe_wall_s": time.perf_counter() - t0}
+
+
+def host_stats(gpu_us: list[tuple[float, float, str]], cpu_us: list[tuple[float, float, str]],
+               forward_us: tuple[float, float, str]) -> dict:  # fmt: skip
+    """From one profiled forward (microseconds): ``lead_us``, the host time from the call to the
+    first kernel (the GPU idles throughout: guards, input checks, wrappers); ``cpu_top``, host
+    events by total time ``[name, ms, count]`` (nested events are counted in each); ``gap_pairs``,
+    the long GPU gaps grouped by the kernels either side ``[before, after, count, total us]``;
+    ``gap_host``, for the longest gaps the innermost host events running during them ``[us,
+    before, after, [[event, us], ...]]``."""
+    first_kernel = min(g[0] for g in gpu_us)
+    inside = [c for c in cpu_us if c[0] >= forward_us[0] and c[1] <= forward_us[1]]
+    total: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for start, end, name in inside:
+        total[name] = total.get(name, 0.0) + end - start
+        count[name] = count.get(name, 0) + 1
+    top = sorted(total, key=lambda n: -total[n])[:HOST_TOP]
+    _, gaps = _long_gaps(gpu_us)
+    pairs: dict[tuple[str, str], list[float]] = {}
+    for start, end, before, after in gaps:
+        entry = pairs.setdefault((before, after), [0, 0.0])
+        entry[0] += 1
+        entry[1] += end - start
+    gap_pairs = sorted(([b, a, n, round(us, 1)] for (b, a), (n, us) in pairs.items()), key=lambda p: -p[3])
+    gap_host = []
+    for start, end, before, after in sorted(gaps, key=lambda g: g[0] - g[1])[:LONGEST_GAPS]:
+        running = sorted((c for c in inside if c[0] < end and c[1] > start), key=lambda c: c[1] - c[0])[:4]
+        gap_host.append([round(end - start, 1), before, after, [[c[2], round(c[1] - c[0], 1)] for c in running]])
+    return {"lead_us": round(first_kernel - forward_us[0], 1),
+            "cpu_top": [[n, round(total[n] / 1e3, 3), count[n]] for n in top],
+            "gap_pairs": gap_pairs[:LONGEST_GAPS], "gap_host": gap_host}  # fmt: skip
 
 
 class BenchTimer:
@@ -610,6 +686,11 @@ def main() -> int:
     ap.add_argument("--fresh-caches", action="store_true", help="empty Triton/Inductor/user caches first (cold)")
     ap.add_argument("--cfg-check", type=float, default=0.0,
                     help="also time the timing prompt at this cfg (> 1) on the pack's compiled configs")  # fmt: skip
+    ap.add_argument(
+        "--probe-host",
+        action="store_true",
+        help="also profile one forward with host events: where the host keeps the GPU waiting",
+    )
     args = ap.parse_args()
     size = tuple(int(v) for v in (args.size.split("x") if "x" in args.size else [args.size] * 2))
     blocks = tuple(int(v) for v in args.blocks.split(","))
@@ -635,6 +716,7 @@ def main() -> int:
 
     comfy_args = args.comfy_args.split()
     comfy = start_comfyui(args.comfyui, comfy_args, work / "home", EXTRA_NODES)
+    RECORD["host_probe"] = args.probe_host
     import nodes
 
     for node, method, label in (("UNETLoader", "load_unet", "load"), ("NVFP4FluxLoader", "load", "load"),
