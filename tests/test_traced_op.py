@@ -9,6 +9,8 @@ Without a GPU only the registration is checked: Triton's CPU interpreter cannot 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from markers import requires_cuda
@@ -61,6 +63,7 @@ CASES = [  # (backend, M, K, N, bias, lora)
     ("w4a8", 77, 256, 384, True, False),  # decode + FP8 GEMM
     ("w4a8", 77, 256, 384, False, True),  # LoRA columns in the decode launch
     ("fp8_resident", 1, 256, 384, True, False),  # FP8-weight GEMV
+    ("fp8_resident", 1, 256, 384, False, False),  # (no bias: a None pointer argument)
     ("fp8_resident", 77, 256, 384, True, False),
     ("fp8_resident", 77, 256, 384, False, True),
     ("w4a16", 1, 256, 384, True, False),  # GEMV (pair table)
@@ -131,3 +134,26 @@ def test_inductor_launches_the_pack_kernels_itself(gen):
     print(code)
     assert "_decode_kernel" in code and "_act_quant_kernel" in code and "_scaled_mm" in code
     assert "nvfp4_flux" not in code.replace("nvfp4_flux_", "")
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", ["w4a8", "fp8_resident", "w4a16"])
+def test_a_computed_input_is_written_once(backend, gen):
+    """The GELU between two compiled FP4 linears stores each element once. (A kernel given one
+    tensor for two pointer arguments made Inductor materialize it once per argument: the GELU
+    was written twice before every act-quant, session 10.)"""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    up, down = (FP4Linear.from_linear(lin).to("cuda", torch.bfloat16).prepare(backend)
+                for lin in (nn.Linear(256, 512), nn.Linear(512, 256)))  # fmt: skip
+
+    def mlp(x):
+        return down(nn.functional.gelu(up(x), approximate="tanh"))
+
+    x = torch.randn(600, 256, generator=gen).to("cuda", torch.bfloat16)
+    y, sources = run_and_get_code(torch.compile(mlp, backend="inductor", fullgraph=True), x)
+    stores = re.findall(r"'kernel_name': '(triton_\w*gelu\w*)'.*?'num_store': (\d+)", "\n".join(sources))
+    assert stores and all(n == "1" for _, n in stores), stores
+    ref = mlp(x).float()  # eager (aten's GELU may round a few values differently from Inductor's)
+    assert ((y.float() - ref).norm() / ref.norm()).item() < 1e-2

@@ -76,7 +76,7 @@ def quantize_act_fp8(x2d: torch.Tensor, extra: torch.Tensor | None = None) -> tu
         block_k = triton.next_power_of_2(k) if one_sweep else 4096
         warps = 4 if block_k <= 2048 else 8 if block_k <= 8192 else 16
         triton_launcher(_act_quant_kernel)[(m,)](
-            x2d, x2d if extra is None else extra, q, scale, k, r, x2d.stride(0),
+            x2d, extra, q, scale, k, r, x2d.stride(0),
             0 if extra is None else extra.stride(0), q.stride(0),
             BLOCK_K=block_k, BLOCK_R=triton.next_power_of_2(max(r, 1)), ONE_SWEEP=one_sweep,
             HAS_EXTRA=extra is not None, num_warps=warps,

@@ -77,7 +77,7 @@ def fp8_gemv(x2d: torch.Tensor, w8: torch.Tensor, col_scale: torch.Tensor, bias:
 
     def launch(cfg: Config) -> None:
         triton_launcher(_fp8_gemv_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]), m)](
-            x2d, words, col_scale, bias if bias is not None else col_scale, y,
+            x2d, words, col_scale, bias, y,
             n, k // 4, x2d.stride(0), words.stride(0), y.stride(0),
             HAS_BIAS=bias is not None, HW_CVT=hw_cvt, **cfg,
         )  # fmt: skip

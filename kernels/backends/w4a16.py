@@ -202,7 +202,7 @@ def _w4a16_gemm(
     if m == 0:
         return y.reshape(*x.shape[:-1], n)
     alpha = alpha.to(torch.float32)
-    args = (x2, weight, weight_scale.view(torch.uint8), alpha, bias if bias is not None else alpha, y)
+    args = (x2, weight, weight_scale.view(torch.uint8), alpha, bias, y)
     strides = (x2.stride(0), weight.stride(0), weight_scale.stride(0), y.stride(0))
     flags = {"ALPHA_PER_ROW": alpha.ndim == 1, "HAS_BIAS": bias is not None}
 

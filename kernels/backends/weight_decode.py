@@ -225,7 +225,7 @@ def decode_nvfp4_dense(
     n, half_k = weight.shape
     out = _output_view(out, n, half_k * 2)
     alpha = alpha.to(torch.float32)
-    _launch_decode("dense_decode", weight, weight_scale, alpha, alpha, out, out.shape[1], alpha)
+    _launch_decode("dense_decode", weight, weight_scale, alpha, None, out, out.shape[1], None)
     return out
 
 
@@ -239,8 +239,7 @@ def _word_aligned(t: torch.Tensor, nbytes: int) -> bool:
 def _launch_decode(name, weight, weight_scale, alpha, row_shift, out, k, col_scale, extra=None) -> None:
     """One decode launch into the first ``k`` columns of ``out`` (``[N, K + R]``, the last ``R``
     from ``extra``). ``name`` is also the tuning key; ``fp8_decode`` writes e4m3 + col_scale.
-    Pointer arguments a launch does not use get ``weight`` (read-only) so that no tensor is
-    passed twice where one of them is written (Inductor's mutation analysis)."""
+    Pointer arguments a launch does not use are ``None`` (see :mod:`kernels.tracing`)."""
     n = out.shape[0]
     r = 0 if extra is None else extra.shape[1]
     fp8_out = name == "fp8_decode"
@@ -255,8 +254,7 @@ def _launch_decode(name, weight, weight_scale, alpha, row_shift, out, k, col_sca
 
     def launch(cfg: Config) -> None:
         triton_launcher(_decode_kernel)[(triton.cdiv(n, cfg["BLOCK_N"]), triton.cdiv(k, cfg["BLOCK_K"]))](
-            weight, scales, alpha, row_shift if fp8_out else weight, out,
-            col_scale if fp8_out else weight, weight if extra is None else extra,
+            weight, scales, alpha, row_shift, out, col_scale, extra,
             n, k, k // 8, r, weight.stride(0), weight_scale.stride(0), out.stride(0),
             0 if extra is None else extra.stride(0), weight.stride(0) // 4, out.stride(0) // 8,
             ALPHA_PER_ROW=alpha.ndim == 1, FP8_OUT=fp8_out, HW_CVT=words, BLOCK_R=triton.next_power_of_2(r) if r else 0,
