@@ -430,6 +430,25 @@ def test_torch_decode_matches_the_kernel_byte_for_byte(gen):
     assert torch.equal(col_t, col_k.cpu())
 
 
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (the load-time decode moves to it)")
+def test_fp8_resident_load_decodes_cpu_tensors_on_the_gpu(gen, monkeypatch):
+    """A CPU state dict made fp8_resident goes through the GPU kernel and comes back to the CPU
+    with the CPU torch path's bytes."""
+    from kernels.backends import weight_decode
+    from kernels.backends.w4a8 import make_fp8_resident
+
+    packed, scale, gs = nvfp4_quantize(torch.randn(96, 272, generator=gen))
+    torch_path = weight_decode.decode_nvfp4_to_fp8_torch
+    calls: list[str] = []
+    monkeypatch.setattr(
+        weight_decode, "decode_nvfp4_to_fp8_torch", lambda *a, **k: calls.append("cpu") or torch_path(*a, **k)
+    )
+    w8, col = make_fp8_resident(packed, scale, gs)
+    assert not calls and w8.device.type == "cpu" and col.device.type == "cpu"
+    w8_t, col_t = torch_path(packed, scale, gs, weight_decode.fp8_row_shift(scale))
+    assert torch.equal(w8.view(torch.uint8), w8_t.view(torch.uint8)) and torch.equal(col, col_t)
+
+
 def test_fp8_decode_every_scale_byte_and_code(gen):
     """Every finite block-scale byte with every code byte, rows whose largest scale (so row
     shift) ranges over the e4m3 scales, a poisoned output: the kernel (on sm_89+ its fp16-pair

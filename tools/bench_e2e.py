@@ -290,7 +290,8 @@ def host_probe(forward) -> dict:
     for e in prof.events():
         span = (e.time_range.start, e.time_range.end, e.name[:100])
         if e.device_type == torch.autograd.DeviceType.CUDA:
-            gpu.append(span)
+            if not getattr(e, "is_user_annotation", False):  # (a record_function's span on the GPU timeline)
+                gpu.append(span)
         elif e.name == FORWARD_MARK:
             mark = span
         else:
