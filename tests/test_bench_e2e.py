@@ -109,7 +109,7 @@ def test_host_stats_time_the_lead_and_name_what_the_host_did_in_each_gap():
     first = h["gap_host"][0]
     assert first[:3] == [200.0, "k1", "k2"]
     names = [n for n, _ in first[3]]
-    assert names[0] in ("cudaMalloc",) and "aten::_scaled_mm" in names  # innermost first
+    assert names[0] == "cudaMalloc" and "aten::_scaled_mm" in names  # innermost first
 
 
 def test_cfg_check_prompt_counts_model_calls_per_step_and_times_steps(monkeypatch):

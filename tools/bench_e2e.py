@@ -252,6 +252,11 @@ def _long_gaps(kernels_us: list[tuple[float, float, str]]) -> tuple[float, list[
     return idle, gaps
 
 
+def _longest(gaps: list[tuple[float, float, str, str]]) -> list[tuple[float, float, str, str]]:
+    """The :data:`LONGEST_GAPS` longest of :func:`_long_gaps`' gaps, longest first."""
+    return sorted(gaps, key=lambda g: g[0] - g[1])[:LONGEST_GAPS]
+
+
 def timeline_stats(kernels_us: list[tuple[float, float, str]]) -> dict:
     """Where a call's GPU time went, from its kernels' (start, end, name), times in microseconds:
     the span from the first start to the last end, the idle time inside it (the span minus the
@@ -261,10 +266,9 @@ def timeline_stats(kernels_us: list[tuple[float, float, str]]) -> dict:
     if not kernels_us:
         return {"span_s": 0.0, "idle_s": 0.0, "idle_in_long_gaps_s": 0.0, "long_gaps": 0, "longest_gaps": []}
     idle, gaps = _long_gaps(kernels_us)
-    longest = sorted(gaps, key=lambda g: g[0] - g[1])[:LONGEST_GAPS]
     return {"span_s": (max(k[1] for k in kernels_us) - min(k[0] for k in kernels_us)) / 1e6, "idle_s": idle / 1e6,
             "idle_in_long_gaps_s": sum(g[1] - g[0] for g in gaps) / 1e6, "long_gaps": len(gaps),
-            "longest_gaps": [[round(g[1] - g[0], 1), g[2], g[3]] for g in longest]}  # fmt: skip
+            "longest_gaps": [[round(g[1] - g[0], 1), g[2], g[3]] for g in _longest(gaps)]}  # fmt: skip
 
 
 HOST_TOP = 30  # host events (by name) with the most time that the host probe keeps
@@ -324,7 +328,7 @@ def host_stats(gpu_us: list[tuple[float, float, str]], cpu_us: list[tuple[float,
         entry[1] += end - start
     gap_pairs = sorted(([b, a, n, round(us, 1)] for (b, a), (n, us) in pairs.items()), key=lambda p: -p[3])
     gap_host = []
-    for start, end, before, after in sorted(gaps, key=lambda g: g[0] - g[1])[:LONGEST_GAPS]:
+    for start, end, before, after in _longest(gaps):
         running = sorted((c for c in inside if c[0] < end and c[1] > start), key=lambda c: c[1] - c[0])[:4]
         gap_host.append([round(end - start, 1), before, after, [[c[2], round(c[1] - c[0], 1)] for c in running]])
     return {"lead_us": round(first_kernel - forward_us[0], 1),
