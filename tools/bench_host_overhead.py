@@ -8,11 +8,13 @@ the pack's layers then go through the ``triton_op`` twin of the op and Inductor 
 kernels (:mod:`kernels.fp4_linear_op`).
 
     python tools/bench_host_overhead.py --json bench/host_overhead.json
+    python tools/bench_host_overhead.py --configs w4a8 --profile 15   # where the eager host time goes
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import pathlib
 import sys
@@ -59,6 +61,31 @@ def wall_us_per_call(fn, x: torch.Tensor, calls: int, reps: int = 5) -> float:
     return best / calls * 1e6
 
 
+def _where(code) -> str:
+    if isinstance(code, str):
+        return code
+    return f"{pathlib.Path(code.co_filename).name}:{code.co_firstlineno}({code.co_name})"
+
+
+def eager_profile(fn, x: torch.Tensor, calls: int, top: int) -> list[dict]:
+    """cProfile of 20 eager passes: the ``top`` functions by own time, in us per linear call."""
+    for _ in range(3):
+        fn(x)
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(20):
+        fn(x)
+    torch.cuda.synchronize()
+    prof.disable()
+    per_call = 1e6 / (20 * calls)
+    return [
+        {"function": _where(e.code), "own_us": e.inlinetime * per_call, "cum_us": e.totaltime * per_call,
+         "calls_per_linear": e.callcount * per_call / 1e6}
+        for e in sorted(prof.getstats(), key=lambda e: e.inlinetime, reverse=True)[:top]
+    ]  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=64)
@@ -66,6 +93,13 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--json", type=pathlib.Path)
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="TOP",
+        help="also print the TOP functions by own host time of the eager calls (cProfile)",
+    )
     args = ap.parse_args()
     autotune.load_shipped_configs()
     x = torch.randn(args.m, args.width, device="cuda", dtype=torch.bfloat16)
@@ -79,8 +113,16 @@ def main() -> None:
             torch._dynamo.reset()
             compiled_model = torch.compile(model, backend="inductor", fullgraph=True)
             compiled = wall_us_per_call(compiled_model, x, args.layers)
-        rows.append({"config": config, "eager_us": eager, "compiled_us": compiled, "gpu_us": gpu})
+        row = {"config": config, "eager_us": eager, "compiled_us": compiled, "gpu_us": gpu}
         print(f"{config:20s} {eager:9.1f} {compiled:11.1f} {gpu:7.1f}", flush=True)
+        if args.profile:
+            with torch.no_grad():
+                row["eager_profile"] = eager_profile(model, x, args.layers, args.profile)
+            for p in row["eager_profile"]:
+                print(
+                    f"    {p['own_us']:7.2f} own {p['cum_us']:7.2f} cum {p['calls_per_linear']:5.2f}x  {p['function']}"
+                )
+        rows.append(row)
     if args.json:
         env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
         import triton
