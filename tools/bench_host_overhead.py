@@ -47,10 +47,15 @@ def build(config: str, layers: int, width: int) -> nn.Module:
     return nn.Sequential(*mods)
 
 
-def wall_us_per_call(fn, x: torch.Tensor, calls: int, reps: int = 5) -> float:
+def warm_up(fn, x: torch.Tensor) -> None:
+    """Three calls (compiles, tunes, fills caches), then wait for the GPU."""
     for _ in range(3):
         fn(x)
     torch.cuda.synchronize()
+
+
+def wall_us_per_call(fn, x: torch.Tensor, calls: int, reps: int = 5) -> float:
+    warm_up(fn, x)
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
@@ -67,21 +72,19 @@ def _where(code) -> str:
     return f"{pathlib.Path(code.co_filename).name}:{code.co_firstlineno}({code.co_name})"
 
 
-def eager_profile(fn, x: torch.Tensor, calls: int, top: int) -> list[dict]:
-    """cProfile of 20 eager passes: the ``top`` functions by own time, in us per linear call."""
-    for _ in range(3):
-        fn(x)
-    torch.cuda.synchronize()
+def eager_profile(fn, x: torch.Tensor, calls: int, top: int, passes: int = 20) -> list[dict]:
+    """cProfile of ``passes`` eager passes: the ``top`` functions by own time, per linear call."""
+    warm_up(fn, x)
     prof = cProfile.Profile()
     prof.enable()
-    for _ in range(20):
+    for _ in range(passes):
         fn(x)
     torch.cuda.synchronize()
     prof.disable()
-    per_call = 1e6 / (20 * calls)
+    linear_calls = passes * calls
     return [
-        {"function": _where(e.code), "own_us": e.inlinetime * per_call, "cum_us": e.totaltime * per_call,
-         "calls_per_linear": e.callcount * per_call / 1e6}
+        {"function": _where(e.code), "own_us": e.inlinetime / linear_calls * 1e6,
+         "cum_us": e.totaltime / linear_calls * 1e6, "calls_per_linear": e.callcount / linear_calls}
         for e in sorted(prof.getstats(), key=lambda e: e.inlinetime, reverse=True)[:top]
     ]  # fmt: skip
 
