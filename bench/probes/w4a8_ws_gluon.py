@@ -161,13 +161,14 @@ def _decode_partition(
         more = r_ok[:, None] & (ki + 1 < num_k)
         codes_next = gl.load(w16 + code_off + (ki + 1) * (BK // 4), mask=more, other=0)
         sb_next = gl.load(s_ptr + scale_off + (ki + 1) * (BK // 16), mask=more, other=0)
-        mbarrier.wait(w_empty.index(s), ph ^ 1)
-        if LUT < 2:
+        if LUT < 2:  # decode before waiting for the slot, so the decode overlaps the MMAs in flight
             sc = sb.to(gl.float8e4nv, bitcast=True).to(gl.float32) * shift[:, None]
             if LUT == 1:
                 q = _block_e4m3(codes.to(gl.int32), sc)
             else:
                 q = _quad_e4m3(codes.to(gl.int32), sc * 64.0)
+        mbarrier.wait(w_empty.index(s), ph ^ 1)
+        if LUT < 2:
             w_bufs.index(s).store(q)
         fence_async_shared()
         gl.thread_barrier()
