@@ -66,14 +66,17 @@ def _quad_e4m3(code16, scale):
     )
 
 
-@gluon.jit
-def _block_e4m3(code16, scale):
-    """pack=4: four consecutive words of one 16-element block. $4..$7: codes (low 16 bits: 4 codes,
-    element j in nibble j), $8: the block's scale x row shift (float32; $9..$11 the same) -> $0..$3:
-    words of 4 e4m3 bytes. The 8 magnitudes x scale are rounded once per block (fp16 product, exact;
-    one cvt), then each word picks its bytes with one prmt and ORs in the signs."""
-    return gl.inline_asm_elementwise(
-        asm="""{
+# One word of _block_e4m3: magnitudes picked from the block's table (lo, hi) by one prmt, signs
+# (bit 3 of nibble j) moved to bit 7 of byte j and ORed in; input register {i}, output {o}.
+_BLOCK_WORD_ASM = """
+        and.b32 sel, ${i}, 0x7777;
+        prmt.b32 g, lo, hi, sel;
+        prmt.b32 t, ${i}, 0, 0x1100;
+        shl.b32 u, t, 4;
+        lop3.b32 t, u, t, 0x00800080, 0xE4;
+        lop3.b32 ${o}, g, t, 0x80808080, 0xF8;"""
+_BLOCK_ASM = gl.constexpr(
+    """{
         .reg .b32 s2, m01, m23, m45, m67, lo, hi, t, u, g, sel;
         .reg .b16 sh, q0, q1, q2, q3;
         cvt.rn.f16.f32 sh, $8;
@@ -91,32 +94,20 @@ def _block_e4m3(code16, scale):
         cvt.rn.satfinite.e4m3x2.f16x2 q2, m45;
         cvt.rn.satfinite.e4m3x2.f16x2 q3, m67;
         mov.b32 lo, {q0, q1};
-        mov.b32 hi, {q2, q3};
-        and.b32 sel, $4, 0x7777;
-        prmt.b32 g, lo, hi, sel;
-        prmt.b32 t, $4, 0, 0x1100;
-        shl.b32 u, t, 4;
-        lop3.b32 t, u, t, 0x00800080, 0xE4;
-        lop3.b32 $0, g, t, 0x80808080, 0xF8;
-        and.b32 sel, $5, 0x7777;
-        prmt.b32 g, lo, hi, sel;
-        prmt.b32 t, $5, 0, 0x1100;
-        shl.b32 u, t, 4;
-        lop3.b32 t, u, t, 0x00800080, 0xE4;
-        lop3.b32 $1, g, t, 0x80808080, 0xF8;
-        and.b32 sel, $6, 0x7777;
-        prmt.b32 g, lo, hi, sel;
-        prmt.b32 t, $6, 0, 0x1100;
-        shl.b32 u, t, 4;
-        lop3.b32 t, u, t, 0x00800080, 0xE4;
-        lop3.b32 $2, g, t, 0x80808080, 0xF8;
-        and.b32 sel, $7, 0x7777;
-        prmt.b32 g, lo, hi, sel;
-        prmt.b32 t, $7, 0, 0x1100;
-        shl.b32 u, t, 4;
-        lop3.b32 t, u, t, 0x00800080, 0xE4;
-        lop3.b32 $3, g, t, 0x80808080, 0xF8;
-        }""",
+        mov.b32 hi, {q2, q3};"""
+    + "".join(_BLOCK_WORD_ASM.format(i=4 + j, o=j) for j in range(4))
+    + "\n        }"
+)
+
+
+@gluon.jit
+def _block_e4m3(code16, scale):
+    """pack=4: four consecutive words of one 16-element block. $4..$7: codes (low 16 bits: 4 codes,
+    element j in nibble j), $8: the block's scale x row shift (float32; $9..$11 the same) -> $0..$3:
+    words of 4 e4m3 bytes. The 8 magnitudes x scale are rounded once per block (fp16 product, exact;
+    one cvt), then each word picks its bytes with one prmt and ORs in the signs."""
+    return gl.inline_asm_elementwise(
+        asm=_BLOCK_ASM,
         constraints="=r,=r,=r,=r,r,r,r,r,f,f,f,f",
         args=[code16, scale],
         dtype=gl.int32,
