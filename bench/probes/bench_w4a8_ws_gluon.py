@@ -1,10 +1,10 @@
-"""Session 12 experiment: the Gluon warp-specialized W4A8 probe (w4a8_ws_gluon.py) against cuBLAS bf16,
+"""Session 12-13 experiment: the Gluon warp-specialized W4A8 probe (w4a8_ws_gluon.py) against cuBLAS bf16,
 the pack's W4A8 op (decode + cuBLAS FP8) and cuBLAS FP8 on pre-decoded weights; GPU time per call
 (kernels.autotune.gpu_time_ms, cold L2), error vs float64; JSON to $OUT/ws_probe.json.
 
-  python bench/probes/bench_w4a8_ws_gluon.py qkv:512:9216:3072,mlp2:512:3072:12288 256/64/128/3/8/80/8/1
+  python bench/probes/bench_w4a8_ws_gluon.py qkv:512:9216:3072,mlp2:512:3072:12288 128/128/128/4/6/8/80/4/1
 
-Configs are BM/BN/BK/STAGES/DEC_WARPS/DEC_REGS/num_warps/LUT (see the kernel's docstring).
+Configs are BM/BN/BK/STAGES/CSTAGES/DEC_WARPS/DEC_REGS/num_warps/LUT (see the kernel's docstring).
 """
 
 import json

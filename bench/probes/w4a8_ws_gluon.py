@@ -1,4 +1,4 @@
-"""Experiment (session 12), not used by the pack: a warp-specialized W4A8 GEMM in Gluon for Hopper.
+"""Experiment (sessions 12-13), not used by the pack: a warp-specialized W4A8 GEMM in Gluon for Hopper.
 
 ``y[M, N] = (q(x)[M, K] @ dec(W)[N, K]^T) * xs[m] * col_scale[n] + bias[n]``, bf16 out, where ``dec(W)`` is
 the e4m3 decode of the packed NVFP4 weight (``kernels.backends.weight_decode``: code x block scale x
@@ -6,15 +6,22 @@ row shift, rounded once; the same bytes). One CTA per (BM tokens, BN weight rows
 
 * default (``num_warps``): async wgmma of the x tile (TMA, smem) with the decoded weight tile (smem,
   read through an e4m3 view of the int32 ring), fp32 accumulator; epilogue scales, bias, store;
-* worker 0 (1 warp): TMA loads of x tiles into a ``STAGES`` ring;
-* worker 1 (``DEC_WARPS``): loads codes (uint16 words of 4 codes, element j in nibble j) and block
-  scales with ordinary loads one k-step ahead, decodes them to int32 words of 4 e4m3 bytes (byte j =
-  element j) and stores them to a ``STAGES`` ring. ``LUT``: 0 = per-word arithmetic decode, 1 = per-block
-  table (8 magnitudes x scale rounded once, one ``prmt`` per word), 2 = no decode (timing control).
+* worker 0 (1 warp): TMA loads of x tiles ``[BM, BK]`` into a ``STAGES`` ring;
+* worker 1 (1 warp): TMA loads of code tiles ``[BN, BK/2]`` bytes (element 2i in the low nibble of
+  byte i) into a ``CSTAGES`` ring, and on even k-steps the block scales of two steps (``[BN, 16]``
+  bytes: a TMA box must start 16-byte aligned, so one box per step of 8 scales faults);
+* worker 2 (``DEC_WARPS``): reads one k-step of codes and scales from smem, decodes them to int32
+  words of 4 e4m3 bytes (byte j = element 4w + j) and stores them to the ``STAGES`` ring.
 
-Measured on the H100 (bench/NOTES.md, session 12): correct (error equal to the decode + cuBLAS path),
-0.64-0.75x bf16 at M = 512, bound by the decode partition's load latency; the no-decode control runs
-at 1.0-1.3x bf16. Run with ``bench/probes/bench_w4a8_ws_gluon.py``.
+``LUT``: 0 = per-word arithmetic decode, 1 = per-block table (8 magnitudes x scale rounded once, one
+``prmt`` per word), 2 = no decode and no store (timing control), 3 = store the codes undecoded
+(control); adding 10 skips the MMAs (diagnostic: the data pipeline alone).
+
+Measured on the H100 (bench/NOTES.md, sessions 12 and 13): correct (error equal to the decode +
+cuBLAS path), 0.64-0.75x bf16 at M = 512. Without MMAs and decode the pipeline alone takes about
+as long as cuBLAS FP8 (qkv 33 us); it slows as the code ring gets shallower, so it is bound by the
+bytes in flight per SM, and the decode adds 17-33 us on top. Run with
+``bench/probes/bench_w4a8_ws_gluon.py``.
 """
 
 import torch
@@ -117,7 +124,7 @@ def _block_e4m3(code16, scale):
 
 
 @gluon.jit
-def _load_partition(x_desc, x_bufs, x_ready, x_empty, off_m, num_k, BK: gl.constexpr, STAGES: gl.constexpr):
+def _x_load_partition(x_desc, x_bufs, x_ready, x_empty, off_m, num_k, BK: gl.constexpr, STAGES: gl.constexpr):
     for ki in range(num_k):
         s = ki % STAGES
         ph = (ki // STAGES) & 1
@@ -127,39 +134,65 @@ def _load_partition(x_desc, x_bufs, x_ready, x_empty, off_m, num_k, BK: gl.const
 
 
 @gluon.jit
-def _decode_partition(
-    w_ptr, s_ptr, shift_ptr, w_bufs, w_ready, w_empty, N, off_n, num_k, stride_wn, stride_sn,
-    BN: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr, DEC_WARPS: gl.constexpr, LUT: gl.constexpr,
-):  # fmt: skip
-    # words [BN, BK/4]: word w of row n = 4 e4m3 bytes of k = 4w..4w+3 (little-endian)
-    layout: gl.constexpr = gl.BlockedLayout([1, 4], [32 // (BK // 16), BK // 16], [DEC_WARPS, 1], [1, 0])
-    rows = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, layout))
-    words = gl.arange(0, BK // 4, layout=gl.SliceLayout(0, layout))
-    r_ok = rows < N
-    shift = gl.load(shift_ptr + rows, mask=r_ok, other=1.0)
-    w16 = w_ptr.to(gl.pointer_type(gl.uint16))
-    code_off = rows[:, None] * stride_wn + words[None, :]
-    scale_off = rows[:, None] * stride_sn + words[None, :] // 4
-    # one k-step of codes and scales is loaded ahead (registers), so the loads' latency hides
-    # behind the decode of the current step
-    codes_next = gl.load(w16 + code_off, mask=r_ok[:, None], other=0)
-    sb_next = gl.load(s_ptr + scale_off, mask=r_ok[:, None], other=0)
+def _code_load_partition(
+    c_desc, sc_desc, c_bufs, sc_bufs, c_ready, c_empty, off_n, num_k, BK: gl.constexpr, CSTAGES: gl.constexpr
+):
+    # codes [BN, BK/2] bytes of k-step ki, CSTAGES steps ahead of the decode; on even steps also the
+    # scales of steps ki and ki + 1 ([BN, 16] bytes: a TMA box starts 16-byte aligned, BK = 128)
     for ki in range(num_k):
+        s = ki % CSTAGES
+        ph = (ki // CSTAGES) & 1
+        mbarrier.wait(c_empty.index(s), ph ^ 1)
+        if ki % 2 == 0:
+            mbarrier.expect(c_ready.index(s), c_desc.block_type.nbytes + sc_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(sc_desc, [off_n, ki * (BK // 16)], c_ready.index(s), sc_bufs.index(s))
+        else:
+            mbarrier.expect(c_ready.index(s), c_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(c_desc, [off_n, ki * (BK // 2)], c_ready.index(s), c_bufs.index(s))
+
+
+@gluon.jit
+def _decode_partition(
+    shift_ptr, c_bufs, sc_bufs, c_ready, c_empty, w_bufs, w_ready, w_empty, N, off_n, num_k,
+    BN: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr, CSTAGES: gl.constexpr, DEC_WARPS: gl.constexpr,
+    LUT: gl.constexpr,
+):  # fmt: skip
+    # codes as [BN, BK/16 blocks, 4 words]: one thread holds one block's 4 uint16 words (word j of a
+    # block = codes 4j..4j+3, element i in nibble i); its scale broadcasts over the last dim
+    lay3: gl.constexpr = gl.BlockedLayout([1, 1, 4], [32 // (BK // 16), BK // 16, 1], [DEC_WARPS, 1, 1], [2, 1, 0])
+    lay_s: gl.constexpr = gl.SliceLayout(2, lay3)
+    # output words [BN, BK/4]: word w of row n = 4 e4m3 bytes of k = 4w..4w+3 (little-endian)
+    lay_w: gl.constexpr = gl.BlockedLayout([1, 4], [32 // (BK // 16), BK // 16], [DEC_WARPS, 1], [1, 0])
+    c_view: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0])
+    rows = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, lay_s))
+    shift = gl.load(shift_ptr + rows, mask=rows < N, other=1.0)
+    sb_next = gl.zeros([BN, BK // 16], gl.uint8, lay_s)
+    for ki in range(num_k):
+        cs = ki % CSTAGES
+        cph = (ki // CSTAGES) & 1
+        mbarrier.wait(c_ready.index(cs), cph)
+        codes = c_bufs.index(cs)._reinterpret(gl.uint16, [BN, BK // 16, 4], c_view).load(lay3)
+        if ki % 2 == 0:
+            sb = sc_bufs.index(cs).slice(0, BK // 16, dim=1).load(lay_s)
+            sb_next = sc_bufs.index(cs).slice(BK // 16, BK // 16, dim=1).load(lay_s)
+        else:
+            sb = sb_next
+        gl.thread_barrier()
+        mbarrier.arrive(c_empty.index(cs), count=1)
         s = ki % STAGES
         ph = (ki // STAGES) & 1
-        codes = codes_next
-        sb = sb_next
-        more = r_ok[:, None] & (ki + 1 < num_k)
-        codes_next = gl.load(w16 + code_off + (ki + 1) * (BK // 4), mask=more, other=0)
-        sb_next = gl.load(s_ptr + scale_off + (ki + 1) * (BK // 16), mask=more, other=0)
-        if LUT < 2:  # decode before waiting for the slot, so the decode overlaps the MMAs in flight
+        if LUT % 10 < 2:
             sc = sb.to(gl.float8e4nv, bitcast=True).to(gl.float32) * shift[:, None]
-            if LUT == 1:
-                q = _block_e4m3(codes.to(gl.int32), sc)
+            sc3 = gl.broadcast(gl.expand_dims(sc, 2), codes)[0]
+            if LUT % 10 == 1:
+                q3 = _block_e4m3(codes.to(gl.int32), sc3)
             else:
-                q = _quad_e4m3(codes.to(gl.int32), sc * 64.0)
+                q3 = _quad_e4m3(codes.to(gl.int32), sc3 * 64.0)
+            q = gl.convert_layout(gl.reshape(q3, [BN, BK // 4]), lay_w, assert_trivial=True)
+        elif LUT % 10 == 3:  # diagnostic: store the codes without decoding
+            q = gl.convert_layout(gl.reshape(codes.to(gl.int32), [BN, BK // 4]), lay_w, assert_trivial=True)
         mbarrier.wait(w_empty.index(s), ph ^ 1)
-        if LUT < 2:
+        if LUT % 10 != 2:
             w_bufs.index(s).store(q)
         fence_async_shared()
         gl.thread_barrier()
@@ -189,6 +222,7 @@ def _mma_partition(
     BN: gl.constexpr,
     BK: gl.constexpr,
     STAGES: gl.constexpr,
+    LUT: gl.constexpr,
     num_warps: gl.constexpr,
 ):
     mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
@@ -201,9 +235,10 @@ def _mma_partition(
         ph = (ki // STAGES) & 1
         mbarrier.wait(x_ready.index(s), ph)
         mbarrier.wait(w_ready.index(s), ph)
-        w8 = w_bufs.index(s)._reinterpret(gl.float8e4nv, [BN, BK], w8_layout)
-        acc = warpgroup_mma(x_bufs.index(s), w8.permute((1, 0)), acc, is_async=True)
-        acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+        if LUT < 10:  # LUT >= 10: diagnostic without the MMAs
+            w8 = w_bufs.index(s)._reinterpret(gl.float8e4nv, [BN, BK], w8_layout)
+            acc = warpgroup_mma(x_bufs.index(s), w8.permute((1, 0)), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
         if ki > 0:
             sp = (ki - 1) % STAGES
             mbarrier.arrive(x_empty.index(sp), count=1)
@@ -222,137 +257,71 @@ def _mma_partition(
 
 @gluon.jit
 def w4a8_ws_kernel(
-    x_desc,
-    w_ptr,
-    s_ptr,
-    shift_ptr,
-    xs_ptr,
-    cs_ptr,
-    bias_ptr,
-    y_ptr,
-    M,
-    N,
-    K,
-    stride_wn,
-    stride_sn,
-    stride_ym,
-    HAS_BIAS: gl.constexpr,
-    BM: gl.constexpr,
-    BN: gl.constexpr,
-    BK: gl.constexpr,
-    STAGES: gl.constexpr,
-    DEC_WARPS: gl.constexpr,
-    DEC_REGS: gl.constexpr,
-    LUT: gl.constexpr,
+    x_desc, c_desc, sc_desc, shift_ptr, xs_ptr, cs_ptr, bias_ptr, y_ptr, M, N, K, stride_ym,
+    HAS_BIAS: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
+    CSTAGES: gl.constexpr, DEC_WARPS: gl.constexpr, DEC_REGS: gl.constexpr, LUT: gl.constexpr,
     num_warps: gl.constexpr,
-):
+):  # fmt: skip
     pid = gl.program_id(0)
     num_m = gl.cdiv(M, BM)
     off_m = (pid % num_m) * BM
     off_n = (pid // num_m) * BN
     num_k = K // BK
     x_bufs = gl.allocate_shared_memory(gl.float8e4nv, [STAGES, BM, BK], x_desc.layout)
+    c_bufs = gl.allocate_shared_memory(gl.uint8, [CSTAGES, BN, BK // 2], c_desc.layout)
+    sc_bufs = gl.allocate_shared_memory(gl.uint8, [CSTAGES, BN, 2 * (BK // 16)], sc_desc.layout)
     w_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=min(128, BK), element_bitwidth=32, rank=2)
     w_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BN, BK // 4], w_layout)
     x_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     x_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     w_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     w_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    c_ready = gl.allocate_shared_memory(gl.int64, [CSTAGES, 1], mbarrier.MBarrierLayout())
+    c_empty = gl.allocate_shared_memory(gl.int64, [CSTAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
         mbarrier.init(x_ready.index(i), count=1)
         mbarrier.init(x_empty.index(i), count=1)
         mbarrier.init(w_ready.index(i), count=1)
         mbarrier.init(w_empty.index(i), count=1)
+    for i in gl.static_range(CSTAGES):
+        mbarrier.init(c_ready.index(i), count=1)
+        mbarrier.init(c_empty.index(i), count=1)
     gl.warp_specialize(
         [
-            (
-                _mma_partition,
-                (
-                    x_bufs,
-                    w_bufs,
-                    x_ready,
-                    x_empty,
-                    w_ready,
-                    w_empty,
-                    xs_ptr,
-                    cs_ptr,
-                    bias_ptr,
-                    y_ptr,
-                    M,
-                    N,
-                    off_m,
-                    off_n,
-                    num_k,
-                    stride_ym,
-                    HAS_BIAS,
-                    BM,
-                    BN,
-                    BK,
-                    STAGES,
-                    num_warps,
-                ),
-            ),
-            (_load_partition, (x_desc, x_bufs, x_ready, x_empty, off_m, num_k, BK, STAGES)),
-            (
-                _decode_partition,
-                (
-                    w_ptr,
-                    s_ptr,
-                    shift_ptr,
-                    w_bufs,
-                    w_ready,
-                    w_empty,
-                    N,
-                    off_n,
-                    num_k,
-                    stride_wn,
-                    stride_sn,
-                    BN,
-                    BK,
-                    STAGES,
-                    DEC_WARPS,
-                    LUT,
-                ),
-            ),
+            (_mma_partition, (x_bufs, w_bufs, x_ready, x_empty, w_ready, w_empty, xs_ptr, cs_ptr, bias_ptr, y_ptr, M, N,
+                              off_m, off_n, num_k, stride_ym, HAS_BIAS, BM, BN, BK, STAGES, LUT, num_warps)),
+            (_x_load_partition, (x_desc, x_bufs, x_ready, x_empty, off_m, num_k, BK, STAGES)),
+            (_code_load_partition, (c_desc, sc_desc, c_bufs, sc_bufs, c_ready, c_empty, off_n, num_k, BK, CSTAGES)),
+            (_decode_partition, (shift_ptr, c_bufs, sc_bufs, c_ready, c_empty, w_bufs, w_ready, w_empty, N, off_n,
+                                 num_k, BN, BK, STAGES, CSTAGES, DEC_WARPS, LUT)),
         ],
-        [1, DEC_WARPS],
-        [24, DEC_REGS],
-    )
+        [1, 1, DEC_WARPS],
+        [24, 24, DEC_REGS],
+    )  # fmt: skip
 
 
-def x_descriptor(q, BM, BK):
-    layout = gl.NVMMASharedLayout.get_default_for([BM, BK], gl.float8e4nv)
-    return TensorDescriptor.from_tensor(q, [BM, BK], layout)
+def descriptors(q, packed, scale, BM, BN, BK):
+    """TMA descriptors: x tiles [BM, BK] (128B-swizzled for wgmma), code tiles [BN, BK/2] bytes and
+    scale tiles [BN, 16] bytes (two k-steps), both unswizzled (the decode warps read whole rows)."""
+    assert BK == 128, "the scale box holds two k-steps of 8 block scales"
+    flat8 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8, rank=2)
+    x_desc = TensorDescriptor.from_tensor(q, [BM, BK], gl.NVMMASharedLayout.get_default_for([BM, BK], gl.float8e4nv))
+    c_desc = TensorDescriptor.from_tensor(packed, [BN, BK // 2], flat8)
+    sc_desc = TensorDescriptor.from_tensor(scale.view(torch.uint8), [BN, 2 * (BK // 16)], flat8)
+    return x_desc, c_desc, sc_desc
 
 
-def launch(q, xs, packed, scale, shift, col_scale, bias, y, BM, BN, BK, STAGES, DEC_WARPS, DEC_REGS, num_warps, LUT=1):
-    """``q``/``xs``: per-token FP8 activations; ``packed``/``scale``: NVFP4 weight; ``shift``: its
-    fp8_row_shift; ``col_scale = alpha / shift``; K a multiple of BK."""
+def launch(
+    q, xs, packed, scale, shift, col_scale, bias, y, BM, BN, BK, STAGES, CSTAGES, DEC_WARPS, DEC_REGS, num_warps, LUT=1
+):
+    """``q``/``xs``: per-token FP8 activations; ``packed``/``scale``: NVFP4 weight (uint8 [N, K/2],
+    e4m3 [N, K/16], rows 16-byte aligned); ``shift``: its fp8_row_shift; ``col_scale = alpha / shift``;
+    K a multiple of BK."""
     m, k = q.shape
     n = packed.shape[0]
     grid = (triton.cdiv(m, BM) * triton.cdiv(n, BN),)
     w4a8_ws_kernel[grid](
-        x_descriptor(q, BM, BK),
-        packed,
-        scale.view(torch.uint8),
-        shift,
-        xs,
-        col_scale,
-        bias,
-        y,
-        m,
-        n,
-        k,
-        packed.stride(0) // 2,
-        scale.stride(0),
-        y.stride(0),
-        HAS_BIAS=bias is not None,
-        BM=BM,
-        BN=BN,
-        BK=BK,
-        STAGES=STAGES,
-        DEC_WARPS=DEC_WARPS,
-        DEC_REGS=DEC_REGS,
-        LUT=int(LUT),
-        num_warps=num_warps,
-    )
+        *descriptors(q, packed, scale, BM, BN, BK), shift, xs, col_scale, bias, y, m, n, k, y.stride(0),
+        HAS_BIAS=bias is not None, BM=BM, BN=BN, BK=BK, STAGES=STAGES, CSTAGES=CSTAGES, DEC_WARPS=DEC_WARPS,
+        DEC_REGS=DEC_REGS, LUT=int(LUT), num_warps=num_warps,
+    )  # fmt: skip
