@@ -1,4 +1,5 @@
-"""Session 12-13 experiment: the Gluon warp-specialized W4A8 probe (w4a8_ws_gluon.py) against cuBLAS bf16,
+"""Session 12-13 experiment: a Gluon W4A8 probe (w4a8_ws_gluon.py, or the module named by the third
+argument, e.g. w4a8_swapab_gluon with configs BN/BT/BK/STAGES/CSTAGES) against cuBLAS bf16,
 the pack's W4A8 op (decode + cuBLAS FP8) and cuBLAS FP8 on pre-decoded weights; GPU time per call
 (kernels.autotune.gpu_time_ms, cold L2), error vs float64; JSON to $OUT/ws_probe.json.
 
@@ -7,6 +8,7 @@ the pack's W4A8 op (decode + cuBLAS FP8) and cuBLAS FP8 on pre-decoded weights; 
 Configs are BM/BN/BK/STAGES/CSTAGES/DEC_WARPS/DEC_REGS/num_warps/LUT (see the kernel's docstring).
 """
 
+import importlib
 import json
 import os
 import pathlib
@@ -18,21 +20,20 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
-import w4a8_ws_gluon as g  # noqa: E402
 
 from kernels import autotune, fp4_linear, nvfp4_dequantize, nvfp4_quantize  # noqa: E402
 from kernels.backends.fp8_act_quant import quantize_act_fp8  # noqa: E402
 from kernels.backends.weight_decode import decode_nvfp4_to_fp8, fp8_row_shift  # noqa: E402
 
 
-def ws(x, packed, scale, shift, col_scale, bias, cfg):
+def ws(g, x, packed, scale, shift, col_scale, bias, cfg):
     q, xs = quantize_act_fp8(x)
     y = torch.empty((x.shape[0], packed.shape[0]), dtype=torch.bfloat16, device=x.device)
     g.launch(q, xs, packed, scale, shift, col_scale, bias, y, *cfg)
     return y
 
 
-def run_shape(name: str, m: int, n: int, k: int, cfgs: list, gen: torch.Generator) -> dict:
+def run_shape(g, name: str, m: int, n: int, k: int, cfgs: list, gen: torch.Generator) -> dict:
     w = torch.randn(n, k, generator=gen, device="cuda") / k**0.5
     packed, scale, gs = nvfp4_quantize(w)
     shift = fp8_row_shift(scale)
@@ -63,11 +64,11 @@ def run_shape(name: str, m: int, n: int, k: int, cfgs: list, gen: torch.Generato
     for cfg in cfgs:
         key = "ws_" + "/".join(map(str, cfg))
         try:
-            y = ws(x, packed, scale, shift, col_scale, bias, cfg)
+            y = ws(g, x, packed, scale, shift, col_scale, bias, cfg)
             torch.cuda.synchronize()
             row["err"][key] = err(y)
             row["us"][key] = 1000 * autotune.gpu_time_ms(
-                lambda cfg=cfg: ws(x, packed, scale, shift, col_scale, bias, cfg)
+                lambda cfg=cfg: ws(g, x, packed, scale, shift, col_scale, bias, cfg)
             )
         except Exception as e:  # a config that does not fit is reported, the others still run
             row["err"][key] = repr(e)[:300]
@@ -79,10 +80,11 @@ def main() -> None:
     autotune.load_shipped_configs()
     shapes = [(s.split(":")[0], *[int(v) for v in s.split(":")[1:]]) for s in sys.argv[1].split(",")]
     cfgs = [tuple(int(v) for v in c.split("/")) for c in sys.argv[2].split(",")]
+    g = importlib.import_module(sys.argv[3] if len(sys.argv) > 3 else "w4a8_ws_gluon")
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__, "rows": []}
     gen = torch.Generator(device="cuda").manual_seed(0)
     for name, m, n, k in shapes:
-        row = run_shape(name, m, n, k, cfgs, gen)
+        row = run_shape(g, name, m, n, k, cfgs, gen)
         us = row["us"]
         print(
             f"{name} M={m} N={n} K={k}: bf16 {us['bf16']:.1f} us, w4a8 {us['w4a8']:.1f}, "
