@@ -8,23 +8,25 @@ weights never touch shared memory.
 * default (``num_warps`` = BN / 16): reads a k-step of codes and block scales from smem straight into
   the register layout of wgmma's A operand (e4m3, k_width 4: 4 consecutive k per 32-bit register),
   decodes them there (one inline-asm call per 4 codes), and issues an async wgmma with the x tile
-  (smem) as B; the decode of step k + 1 runs while the wgmma of step k is in flight;
-* worker 0 (1 warp): TMA loads of x tiles ``[BT, BK]`` into a ``STAGES`` ring;
-* worker 1 (1 warp): TMA loads of code tiles ``[BN, BK/2]`` bytes (element 2i in the low nibble of
-  byte i) into a ``CSTAGES`` ring, and on even k-steps the block scales of two steps (``[BN, 16]``).
+  (smem) as B. The intent is that the decode of step k + 1 runs while the wgmma of step k is in
+  flight; ptxas serializes the wgmmas instead (C7515, also with a trivial A), see bench/NOTES.md;
+* workers: the two 1-warp TMA load partitions of ``w4a8_ws_gluon`` (x tiles ``[BT, BK]``; code tiles
+  ``[BN, BK/2]`` bytes, element 2i in the low nibble of byte i, and ``[BN, 16]`` scale boxes).
 
 The register layouts of the codes and scales are the A-operand layout with k split as
 ``(k // 2, k % 2)`` and ``(k // 16, k % 16)`` and the inner part dropped, so expanding them back
 (``expand_dims`` + ``broadcast`` + ``reshape``) lands on the A layout without data movement.
-BK = 128. Run with ``bench/probes/bench_w4a8_swapab_gluon.py``.
+Measured 0.53-0.57x bf16 at M = 512 on the H100. BK = 128. Run with
+``bench/probes/bench_w4a8_ws_gluon.py SHAPES BN/BT/BK/STAGES/CSTAGES,... w4a8_swapab_gluon``.
 """
 
 import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+from w4a8_ws_gluon import _code_load_partition, _x_load_partition
 
 
 @gluon.jit
@@ -85,32 +87,6 @@ def _decode_step(codes, sb, shift, BN: gl.constexpr, BK: gl.constexpr, L_CODE3: 
 
 
 @gluon.jit
-def _x_load_partition(x_desc, x_bufs, x_ready, x_empty, off_t, num_k, BK: gl.constexpr, STAGES: gl.constexpr):
-    for ki in range(num_k):
-        s = ki % STAGES
-        ph = (ki // STAGES) & 1
-        mbarrier.wait(x_empty.index(s), ph ^ 1)
-        mbarrier.expect(x_ready.index(s), x_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(x_desc, [off_t, ki * BK], x_ready.index(s), x_bufs.index(s))
-
-
-@gluon.jit
-def _code_load_partition(
-    c_desc, sc_desc, c_bufs, sc_bufs, c_ready, c_empty, off_n, num_k, BK: gl.constexpr, CSTAGES: gl.constexpr
-):
-    for ki in range(num_k):
-        s = ki % CSTAGES
-        ph = (ki // CSTAGES) & 1
-        mbarrier.wait(c_empty.index(s), ph ^ 1)
-        if ki % 2 == 0:
-            mbarrier.expect(c_ready.index(s), c_desc.block_type.nbytes + sc_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(sc_desc, [off_n, ki * (BK // 16)], c_ready.index(s), sc_bufs.index(s))
-        else:
-            mbarrier.expect(c_ready.index(s), c_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(c_desc, [off_n, ki * (BK // 2)], c_ready.index(s), c_bufs.index(s))
-
-
-@gluon.jit
 def _mma_partition(
     x_bufs, c_bufs, sc_bufs, x_ready, x_empty, c_ready, c_empty, shift_ptr, xs_ptr, cs_ptr, bias_ptr, y_ptr, M, N,
     off_n, off_t, num_k, stride_ym, HAS_BIAS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, BK: gl.constexpr,
@@ -127,8 +103,8 @@ def _mma_partition(
     rows = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, a_layout))
     shift = gl.load(shift_ptr + rows, mask=rows < N, other=1.0)
     acc = gl.zeros((BN, BT), dtype=gl.float32, layout=mma_layout)
-    # two k-steps per iteration, so the A registers of step k + 1 are not those the wgmma of step k
-    # still reads (ptxas serializes the wgmmas otherwise: C7515)
+    # two k-steps per iteration (the scale box holds two), with distinct A values for the two steps
+    # (meant to keep the wgmma of step k in flight during the next decode; ptxas still serializes)
     for kk in range(0, num_k, 2):
         cs = kk % CSTAGES
         mbarrier.wait(c_ready.index(cs), (kk // CSTAGES) & 1)
