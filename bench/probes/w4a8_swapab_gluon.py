@@ -20,13 +20,38 @@ Measured 0.53-0.57x bf16 at M = 512 on the H100. BK = 128. Run with
 ``bench/probes/bench_w4a8_ws_gluon.py SHAPES BN/BT/BK/STAGES/CSTAGES,... w4a8_swapab_gluon``.
 """
 
-import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-from w4a8_ws_gluon import _code_load_partition, _x_load_partition
+from w4a8_ws_gluon import (
+    _E4M3_FORM_TIMES_SCALE,
+    _NIBBLES_TO_E4M3_FORM,
+    _code_load_partition,
+    _x_load_partition,
+    descriptors,
+)
+
+# codes bytes (b0, b0, b1, b1) are already the t of _NIBBLES_TO_E4M3_FORM; the scale is e4m3 byte 0
+# of $2 x row shift ($3) x 2**6, rounded to f16
+_DECODE4_ASM = gl.constexpr(
+    """{
+        .reg .b32 t, u, e, f0, f1, s2, sf;
+        .reg .b16 h0, h1, q0, q1, sh, sb;
+        .reg .f32 s;
+        mov.b32 t, $1;"""
+    + _NIBBLES_TO_E4M3_FORM
+    + """
+        mov.b32 {sb, h0}, $2;
+        cvt.rn.f16x2.e4m3x2 sf, sb;
+        mov.b32 {sh, h1}, sf;
+        cvt.f32.f16 s, sh;
+        mul.f32 s, s, $3;
+        mul.f32 s, s, 0f42800000;
+        cvt.rn.f16.f32 sh, s;"""
+    + _E4M3_FORM_TIMES_SCALE
+    + "\n        }"
+)
 
 
 @gluon.jit
@@ -36,35 +61,7 @@ def _decode4(codes, sb, shift):
     $4..$6 the same) -> $0 = 4 e4m3 bytes of code x scale x shift, rounded once (the E4M3 form of a
     code is its value x 2**-6, hence the 64)."""
     return gl.inline_asm_elementwise(
-        asm="""{
-        .reg .b32 t, u, e, f0, f1, s2, sf;
-        .reg .b16 h0, h1, q0, q1, sh, sb;
-        .reg .f32 s;
-        mov.b32 t, $1;
-        shr.u32 u, t, 4;
-        lop3.b32 t, t, u, 0x0F000F00, 0xD8;
-        and.b32 u, t, 0x07070707;
-        and.b32 t, t, 0x08080808;
-        shl.b32 u, u, 2;
-        shl.b32 t, t, 4;
-        or.b32 e, t, u;
-        mov.b32 {sb, h0}, $2;
-        cvt.rn.f16x2.e4m3x2 sf, sb;
-        mov.b32 {sh, h1}, sf;
-        cvt.f32.f16 s, sh;
-        mul.f32 s, s, $3;
-        mul.f32 s, s, 0f42800000;
-        cvt.rn.f16.f32 sh, s;
-        mov.b32 s2, {sh, sh};
-        mov.b32 {h0, h1}, e;
-        cvt.rn.f16x2.e4m3x2 f0, h0;
-        cvt.rn.f16x2.e4m3x2 f1, h1;
-        mul.rn.f16x2 f0, f0, s2;
-        mul.rn.f16x2 f1, f1, s2;
-        cvt.rn.satfinite.e4m3x2.f16x2 q0, f0;
-        cvt.rn.satfinite.e4m3x2.f16x2 q1, f1;
-        mov.b32 $0, {q0, q1};
-        }""",
+        asm=_DECODE4_ASM,
         constraints="=r,r,r,f,f,f,f",
         args=[codes, sb, shift],
         dtype=gl.float8e4nv,
@@ -208,18 +205,13 @@ def launch(q, xs, packed, scale, shift, col_scale, bias, y, BN, BT, BK, STAGES, 
     """``q``/``xs``: per-token FP8 activations; ``packed``/``scale``: NVFP4 weight (uint8 [N, K/2],
     e4m3 [N, K/16], rows 16-byte aligned); ``shift``: its fp8_row_shift; ``col_scale = alpha / shift``;
     K a multiple of 2 * BK."""
-    assert BK == 128, "the scale box holds two k-steps of 8 block scales"
     m, k = q.shape
     n = packed.shape[0]
     num_warps = BN // 16
-    flat8 = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=8, rank=2)
-    x_desc = TensorDescriptor.from_tensor(q, [BT, BK], gl.NVMMASharedLayout.get_default_for([BT, BK], gl.float8e4nv))
-    c_desc = TensorDescriptor.from_tensor(packed, [BN, BK // 2], flat8)
-    sc_desc = TensorDescriptor.from_tensor(scale.view(torch.uint8), [BN, 2 * (BK // 16)], flat8)
     bases = a_operand_bases(BN, BK, num_warps)
     grid = (triton.cdiv(m, BT) * triton.cdiv(n, BN),)
     w4a8_swapab_kernel[grid](
-        x_desc, c_desc, sc_desc, shift, xs, col_scale, bias, y, m, n, k, y.stride(0),
+        *descriptors(q, packed, scale, BT, BN, BK), shift, xs, col_scale, bias, y, m, n, k, y.stride(0),
         HAS_BIAS=bias is not None, BN=BN, BT=BT, BK=BK, STAGES=STAGES, CSTAGES=CSTAGES,
         L_CODE3=split_k_layout(bases, BN, BK, 2), L_SCALE3=split_k_layout(bases, BN, BK, 16), num_warps=num_warps,
     )  # fmt: skip

@@ -37,24 +37,19 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-
-@gluon.jit
-def _quad_e4m3(code16, scale):
-    """4 codes (low 16 bits of $1) x ``scale`` ($2: block scale x row shift x 2**6, since a code's
-    E4M3 form is its value x 2**-6) -> one word of 4 e4m3 bytes."""
-    return gl.inline_asm_elementwise(
-        asm="""{
-        .reg .b32 t, u, e, f0, f1, s2;
-        .reg .b16 h0, h1, q0, q1, sh;
-        prmt.b32 t, $1, 0, 0x1100;
+# Shared PTX pieces of the per-word decodes. _NIBBLES_TO_E4M3_FORM: t = bytes (c0, c0, c1, c1) of a
+# 16-bit word of 4 codes (element i in nibble i) -> e = 4 bytes, byte i the E4M3 form of code i
+# (sign to bit 7, magnitude bits to bits 2-4: the code's value x 2**-6); uses u.
+# _E4M3_FORM_TIMES_SCALE: e x sh (f16 scale, 2**6 included) -> $0 = 4 e4m3 bytes, rounded once.
+_NIBBLES_TO_E4M3_FORM = """
         shr.u32 u, t, 4;
         lop3.b32 t, t, u, 0x0F000F00, 0xD8;
         and.b32 u, t, 0x07070707;
         and.b32 t, t, 0x08080808;
         shl.b32 u, u, 2;
         shl.b32 t, t, 4;
-        or.b32 e, t, u;
-        cvt.rn.f16.f32 sh, $2;
+        or.b32 e, t, u;"""
+_E4M3_FORM_TIMES_SCALE = """
         mov.b32 s2, {sh, sh};
         mov.b32 {h0, h1}, e;
         cvt.rn.f16x2.e4m3x2 f0, h0;
@@ -63,8 +58,26 @@ def _quad_e4m3(code16, scale):
         mul.rn.f16x2 f1, f1, s2;
         cvt.rn.satfinite.e4m3x2.f16x2 q0, f0;
         cvt.rn.satfinite.e4m3x2.f16x2 q1, f1;
-        mov.b32 $0, {q0, q1};
-        }""",
+        mov.b32 $0, {q0, q1};"""
+_QUAD_ASM = gl.constexpr(
+    """{
+        .reg .b32 t, u, e, f0, f1, s2;
+        .reg .b16 h0, h1, q0, q1, sh;
+        prmt.b32 t, $1, 0, 0x1100;"""
+    + _NIBBLES_TO_E4M3_FORM
+    + """
+        cvt.rn.f16.f32 sh, $2;"""
+    + _E4M3_FORM_TIMES_SCALE
+    + "\n        }"
+)
+
+
+@gluon.jit
+def _quad_e4m3(code16, scale):
+    """4 codes (low 16 bits of $1) x ``scale`` ($2: block scale x row shift x 2**6, since a code's
+    E4M3 form is its value x 2**-6) -> one word of 4 e4m3 bytes."""
+    return gl.inline_asm_elementwise(
+        asm=_QUAD_ASM,
         constraints="=r,r,f",
         args=[code16, scale],
         dtype=gl.int32,
