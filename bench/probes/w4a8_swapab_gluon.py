@@ -8,15 +8,15 @@ weights never touch shared memory.
 * default (``num_warps`` = BN / 16): reads a k-step of codes and block scales from smem straight into
   the register layout of wgmma's A operand (e4m3, k_width 4: 4 consecutive k per 32-bit register),
   decodes them there (one inline-asm call per 4 codes), and issues an async wgmma with the x tile
-  (smem) as B. The intent is that the decode of step k + 1 runs while the wgmma of step k is in
-  flight; ptxas serializes the wgmmas instead (C7515, also with a trivial A), see bench/NOTES.md;
+  (smem) as B, so the decode of step k + 1 runs while the wgmma of step k is in flight (ptxas
+  serialized the wgmmas, C7515, until ``gl.assume(num_k >= 2)`` removed the loop's zero-trip path);
 * workers: the two 1-warp TMA load partitions of ``w4a8_ws_gluon`` (x tiles ``[BT, BK]``; code tiles
   ``[BN, BK/2]`` bytes, element 2i in the low nibble of byte i, and ``[BN, 16]`` scale boxes).
 
 The register layouts of the codes and scales are the A-operand layout with k split as
 ``(k // 2, k % 2)`` and ``(k // 16, k % 16)`` and the inner part dropped, so expanding them back
 (``expand_dims`` + ``broadcast`` + ``reshape``) lands on the A layout without data movement.
-Measured 0.53-0.57x bf16 at M = 512 on the H100. BK = 128. Run with
+Measured 0.53-0.57x bf16 at M = 512 on the H100 while serialized, 0.70-0.84x after (session 14). BK = 128. Run with
 ``bench/probes/bench_w4a8_ws_gluon.py SHAPES BN/BT/BK/STAGES/CSTAGES,... w4a8_swapab_gluon``.
 """
 
@@ -101,7 +101,9 @@ def _mma_partition(
     shift = gl.load(shift_ptr + rows, mask=rows < N, other=1.0)
     acc = gl.zeros((BN, BT), dtype=gl.float32, layout=mma_layout)
     # two k-steps per iteration (the scale box holds two), with distinct A values for the two steps
-    # (meant to keep the wgmma of step k in flight during the next decode; ptxas still serializes)
+    # without this, LLVM keeps a zero-trip path whose zero accumulator joins the in-flight wgmma's at
+    # the loop exit, and ptxas serializes every wgmma (C7515)
+    gl.assume(num_k >= 2)
     for kk in range(0, num_k, 2):
         cs = kk % CSTAGES
         mbarrier.wait(c_ready.index(cs), (kk // CSTAGES) & 1)
