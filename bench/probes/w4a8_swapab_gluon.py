@@ -1,117 +1,169 @@
-"""Experiment (session 13), not used by the pack: a swap-AB W4A8 GEMM in Gluon for Hopper whose decoded
-weights never touch shared memory.
+"""Experiment (sessions 13-14), not used by the pack: a swap-AB W4A8 GEMM in Gluon for Hopper whose
+decoded weights never touch shared memory.
 
 ``y^T[N, M] = dec(W)[N, K] @ q(x)[M, K]^T``, scaled by ``xs[m] * col_scale[n]`` plus ``bias[n]``, bf16 out
 (written to ``y[M, N]``). ``dec(W)`` is the e4m3 decode of the packed NVFP4 weight (the bytes of
 ``kernels.backends.weight_decode``). One CTA per (BN weight rows, BT tokens) tile; partitions:
 
-* default (``num_warps`` = BN / 16): reads a k-step of codes and block scales from smem straight into
-  the register layout of wgmma's A operand (e4m3, k_width 4: 4 consecutive k per 32-bit register),
-  decodes them there (one inline-asm call per 4 codes), and issues an async wgmma with the x tile
-  (smem) as B, so the decode of step k + 1 runs while the wgmma of step k is in flight (ptxas
-  serialized the wgmmas, C7515, until ``gl.assume(num_k >= 2)`` removed the loop's zero-trip path);
+* default (``num_warps`` = BN / 16): decodes a k-step of codes into wgmma's A-operand registers and
+  issues an async wgmma with the x tile (smem) as B, so the decode of step k + 1 runs while the
+  wgmma of step k is in flight;
 * workers: the two 1-warp TMA load partitions of ``w4a8_ws_gluon`` (x tiles ``[BT, BK]``; code tiles
-  ``[BN, BK/2]`` bytes, element 2i in the low nibble of byte i, and ``[BN, 16]`` scale boxes).
+  ``[BN, BK/2]`` bytes in ModelOpt order, element 2i in the low nibble of byte i; ``[BN, 16]`` scale
+  boxes, two k-steps each).
 
-The register layouts of the codes and scales are the A-operand layout with k split as
-``(k // 2, k % 2)`` and ``(k // 16, k % 16)`` and the inner part dropped, so expanding them back
-(``expand_dims`` + ``broadcast`` + ``reshape``) lands on the A layout without data movement.
-Measured 0.53-0.57x bf16 at M = 512 on the H100 while serialized, 0.70-0.84x after (session 14). BK = 128. Run with
+**K order.** In wgmma's A layout (e4m3, k_width 4) lane ``c = lane % 4`` of a row holds the k
+positions ``p = 4c + i + 16j`` (i < 4, j < 8) of a 128-wide k-step. The kernel feeds position ``p``
+the weight column ``k = 32c + 4j + i``, so each lane's 32 codes of a row are 16 contiguous bytes
+(one vector load) in exactly two scale blocks, and the activations come quantized in the same
+order (``quantize_permuted``: column ``k`` of each 128-chunk stored at position ``p``; the GEMM sums
+over k, so the order is free). Per scale block a thread rounds the 8 magnitudes x scale x row
+shift once (a byte table), then each A register (4 codes) is one ``prmt`` from the table plus the
+sign bits: 6 integer instructions.
+
+Layouts are linear layouts derived from the A layout; ``assert_trivial`` checks that the reshapes
+between them move no data. BK = 128, K a multiple of 256. Run with
 ``bench/probes/bench_w4a8_ws_gluon.py SHAPES BN/BT/BK/STAGES/CSTAGES,... w4a8_swapab_gluon``.
 """
 
+import torch
 import triton
+import triton.language as tl
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
-from w4a8_ws_gluon import (
-    _E4M3_FORM_TIMES_SCALE,
-    _NIBBLES_TO_E4M3_FORM,
-    _code_load_partition,
-    _x_load_partition,
-    descriptors,
-)
+from w4a8_ws_gluon import _code_load_partition, _x_load_partition, descriptors
 
-# codes bytes (b0, b0, b1, b1) are already the t of _NIBBLES_TO_E4M3_FORM; the scale is e4m3 byte 0
-# of $2 x row shift ($3) x 2**6, rounded to f16
-_DECODE4_ASM = gl.constexpr(
+# $1 = e4m3 scale byte (low 8 bits), $2 = row shift -> $0, $1... see _tables
+_TABLE_ASM = gl.constexpr(
     """{
-        .reg .b32 t, u, e, f0, f1, s2, sf;
-        .reg .b16 h0, h1, q0, q1, sh, sb;
-        .reg .f32 s;
-        mov.b32 t, $1;"""
-    + _NIBBLES_TO_E4M3_FORM
-    + """
-        mov.b32 {sb, h0}, $2;
-        cvt.rn.f16x2.e4m3x2 sf, sb;
-        mov.b32 {sh, h1}, sf;
-        cvt.f32.f16 s, sh;
-        mul.f32 s, s, $3;
-        mul.f32 s, s, 0f42800000;
-        cvt.rn.f16.f32 sh, s;"""
-    + _E4M3_FORM_TIMES_SCALE
-    + "\n        }"
+        .reg .b32 s2, m01, m23, m45, m67;
+        .reg .b16 sb, sz, sh, q0, q1, q2, q3;
+        .reg .f32 sf;
+        cvt.u16.u32 sb, $2;
+        cvt.rn.f16x2.e4m3x2 s2, sb;
+        mov.b32 {sh, sz}, s2;
+        cvt.f32.f16 sf, sh;
+        mul.f32 sf, sf, $3;
+        cvt.rn.f16.f32 sh, sf;
+        mov.b32 s2, {sh, sh};
+        mov.b32 m01, 0x38000000;
+        mov.b32 m23, 0x3E003C00;
+        mov.b32 m45, 0x42004000;
+        mov.b32 m67, 0x46004400;
+        mul.rn.f16x2 m01, m01, s2;
+        mul.rn.f16x2 m23, m23, s2;
+        mul.rn.f16x2 m45, m45, s2;
+        mul.rn.f16x2 m67, m67, s2;
+        cvt.rn.satfinite.e4m3x2.f16x2 q0, m01;
+        cvt.rn.satfinite.e4m3x2.f16x2 q1, m23;
+        cvt.rn.satfinite.e4m3x2.f16x2 q2, m45;
+        cvt.rn.satfinite.e4m3x2.f16x2 q3, m67;
+        mov.b32 $0, {q0, q1};
+        mov.b32 $1, {q2, q3};
+        }"""
 )
 
 
 @gluon.jit
-def _decode4(codes, sb, shift):
-    """pack=4 over the A layout: $1 = codes bytes (b0, b0, b1, b1: codes of k = 4g..4g+3, element i in
-    nibble i of b0 | b1 << 8), $2 = block-scale bytes (s, s, s, s; e4m3), $3 = row shift (float32;
-    $4..$6 the same) -> $0 = 4 e4m3 bytes of code x scale x shift, rounded once (the E4M3 form of a
-    code is its value x 2**-6, hence the 64)."""
+def _tables(sb, shift):
+    """Block scale bytes (int32, e4m3 in the low 8 bits) and row shifts (float32) -> (lo, hi): byte m
+    of the 8-byte table ``lo | hi << 32`` = e4m3(magnitude m x scale x shift), magnitudes (0, 0.5, 1,
+    1.5, 2, 3, 4, 6); the product is exact in fp16, so it is rounded once."""
     return gl.inline_asm_elementwise(
-        asm=_DECODE4_ASM,
-        constraints="=r,r,r,f,f,f,f",
-        args=[codes, sb, shift],
-        dtype=gl.float8e4nv,
-        is_pure=True,
-        pack=4,
+        asm=_TABLE_ASM, constraints="=r,=r,r,f", args=[sb, shift], dtype=(gl.int32, gl.int32), is_pure=True, pack=1
+    )
+
+
+_WORD_ASM = gl.constexpr(
+    """{
+        .reg .b32 sel, g, t, u;
+        and.b32 sel, $1, 0x7777;
+        prmt.b32 g, $2, $3, sel;
+        prmt.b32 t, $1, 0, 0x1100;
+        shl.b32 u, t, 4;
+        lop3.b32 t, u, t, 0x00800080, 0xE4;
+        lop3.b32 $0, g, t, 0x80808080, 0xF8;
+        }"""
+)
+
+
+@gluon.jit
+def _decode_word(codes, lo, hi):
+    """4 codes (low 16 bits, element i in nibble i) and their block's table -> 4 e4m3 bytes: the
+    magnitudes picked by one prmt, the signs (bit 3 of nibble i) ORed into bit 7 of byte i."""
+    return gl.inline_asm_elementwise(
+        asm=_WORD_ASM, constraints="=r,r,r,r", args=[codes, lo, hi], dtype=gl.int32, is_pure=True, pack=1
     )
 
 
 @gluon.jit
-def _decode_step(codes, sb, shift, BN: gl.constexpr, BK: gl.constexpr, L_CODE3: gl.constexpr,
-                 L_SCALE3: gl.constexpr, a_layout: gl.constexpr):  # fmt: skip
-    """One k-step's A operand: codes [BN, BK/2] bytes and block scales [BN, BK/16] (layouts: the A
-    layout with k split, see the module doc) expanded to the A layout and decoded."""
-    # codes (n, k) = byte k // 2, scales (n, k) = scale k // 16
-    c3 = gl.broadcast(gl.expand_dims(codes, 2), gl.zeros([BN, BK // 2, 2], gl.uint8, L_CODE3))[0]
-    s3 = gl.broadcast(gl.expand_dims(sb, 2), gl.zeros([BN, BK // 16, 16], gl.uint8, L_SCALE3))[0]
-    c_a = gl.convert_layout(gl.reshape(c3, [BN, BK]), a_layout, assert_trivial=True)
-    s_a = gl.convert_layout(gl.reshape(s3, [BN, BK]), a_layout, assert_trivial=True)
-    return _decode4(c_a, s_a, gl.broadcast(gl.expand_dims(shift, 1), c_a)[0])
+def _as_e4m3(words):
+    """int32 words (4 e4m3 bytes each) broadcast 4x over the A layout -> e4m3 A operand (no-op)."""
+    return gl.inline_asm_elementwise(
+        asm="mov.b32 $0, $1;", constraints="=r,r,r,r,r", args=[words], dtype=gl.float8e4nv, is_pure=True, pack=4
+    )
+
+
+@gluon.jit
+def _decode_step(words, sb, shift, BN: gl.constexpr, BK: gl.constexpr, L_W4: gl.constexpr, L_T4: gl.constexpr,
+                 L_A3: gl.constexpr, a_layout: gl.constexpr):  # fmt: skip
+    """One k-step's A operand from its code words ``[BN, BK/8]`` (word 4c + t: k = 32c + 8t .. + 7) and
+    scale bytes ``[BN, BK/16]`` (block 2c + h) in the layouts of ``layouts()``."""
+    # A words [BN, BK/4]: word q = c + 4j = c + 8t + 4jl holds half jl of code word 4c + t
+    w3 = gl.permute(gl.reshape(words, [BN, 4, 4]), (0, 2, 1))  # [BN, t, c]
+    w3 = gl.convert_layout(w3, gl.SliceLayout(2, L_W4), assert_trivial=True)
+    w4 = gl.expand_dims(w3, 2)
+    w_lo = gl.broadcast(w4, gl.zeros([BN, 4, 2, 4], gl.int32, L_W4))[0]
+    w_hi = gl.broadcast(w4 >> 16, gl.zeros([BN, 4, 2, 4], gl.int32, L_W4))[0]
+    jl = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, L_W4))))
+    jl4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(jl, 0), 1), 3)
+    codes = gl.where(jl4 == 1, w_hi, w_lo)
+    # tables: A word q = c + 4jj + 16h uses block 2c + h
+    lo, hi = _tables(sb.to(gl.int32), gl.broadcast(gl.expand_dims(shift, 1), sb)[0])
+    t_lo = gl.convert_layout(gl.permute(gl.reshape(lo, [BN, 4, 2]), (0, 2, 1)), gl.SliceLayout(2, L_T4),
+                             assert_trivial=True)  # fmt: skip
+    t_hi = gl.convert_layout(gl.permute(gl.reshape(hi, [BN, 4, 2]), (0, 2, 1)), gl.SliceLayout(2, L_T4),
+                             assert_trivial=True)  # fmt: skip
+    z = gl.zeros([BN, 2, 4, 4], gl.int32, L_T4)
+    t_lo = gl.broadcast(gl.expand_dims(t_lo, 2), z)[0]
+    t_hi = gl.broadcast(gl.expand_dims(t_hi, 2), z)[0]
+    l_a4: gl.constexpr = gl.SliceLayout(2, L_A3)
+    codes = gl.convert_layout(gl.reshape(codes, [BN, BK // 4]), l_a4, assert_trivial=True)
+    t_lo = gl.convert_layout(gl.reshape(t_lo, [BN, BK // 4]), l_a4, assert_trivial=True)
+    t_hi = gl.convert_layout(gl.reshape(t_hi, [BN, BK // 4]), l_a4, assert_trivial=True)
+    a4 = _decode_word(codes, t_lo, t_hi)
+    a3 = gl.broadcast(gl.expand_dims(a4, 2), gl.zeros([BN, BK // 4, 4], gl.int32, L_A3))[0]
+    return _as_e4m3(gl.convert_layout(gl.reshape(a3, [BN, BK]), a_layout, assert_trivial=True))
 
 
 @gluon.jit
 def _mma_partition(
     x_bufs, c_bufs, sc_bufs, x_ready, x_empty, c_ready, c_empty, shift_ptr, xs_ptr, cs_ptr, bias_ptr, y_ptr, M, N,
     off_n, off_t, num_k, stride_ym, HAS_BIAS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, BK: gl.constexpr,
-    STAGES: gl.constexpr, CSTAGES: gl.constexpr, L_CODE3: gl.constexpr, L_SCALE3: gl.constexpr,
-    num_warps: gl.constexpr,
+    STAGES: gl.constexpr, CSTAGES: gl.constexpr, L_W: gl.constexpr, L_S: gl.constexpr, L_W4: gl.constexpr,
+    L_T4: gl.constexpr, L_A3: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
     mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BT, 32]
     )
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_layout, k_width=4)
-    l_code: gl.constexpr = gl.SliceLayout(2, L_CODE3)
-    l_scale: gl.constexpr = gl.SliceLayout(2, L_SCALE3)
     flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-    rows = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, a_layout))
+    rows = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, L_S))
     shift = gl.load(shift_ptr + rows, mask=rows < N, other=1.0)
     acc = gl.zeros((BN, BT), dtype=gl.float32, layout=mma_layout)
-    # two k-steps per iteration (the scale box holds two), with distinct A values for the two steps
     # without this, LLVM keeps a zero-trip path whose zero accumulator joins the in-flight wgmma's at
     # the loop exit, and ptxas serializes every wgmma (C7515)
     gl.assume(num_k >= 2)
+    # two k-steps per iteration (the scale box holds two)
     for kk in range(0, num_k, 2):
         cs = kk % CSTAGES
         mbarrier.wait(c_ready.index(cs), (kk // CSTAGES) & 1)
-        codes0 = c_bufs.index(cs)._reinterpret(gl.uint8, [BN, BK // 2], flat).load(l_code)
-        sb0 = sc_bufs.index(cs).slice(0, BK // 16, dim=1).load(l_scale)
-        sb1 = sc_bufs.index(cs).slice(BK // 16, BK // 16, dim=1).load(l_scale)
+        w0 = c_bufs.index(cs)._reinterpret(gl.int32, [BN, BK // 8], flat).load(L_W)
+        sb0 = sc_bufs.index(cs).slice(0, BK // 16, dim=1).load(L_S)
+        sb1 = sc_bufs.index(cs).slice(BK // 16, BK // 16, dim=1).load(L_S)
         mbarrier.arrive(c_empty.index(cs), count=1)
-        a0 = _decode_step(codes0, sb0, shift, BN, BK, L_CODE3, L_SCALE3, a_layout)
+        a0 = _decode_step(w0, sb0, shift, BN, BK, L_W4, L_T4, L_A3, a_layout)
         s = kk % STAGES
         mbarrier.wait(x_ready.index(s), (kk // STAGES) & 1)
         acc = warpgroup_mma(a0, x_bufs.index(s).permute((1, 0)), acc, is_async=True)
@@ -120,9 +172,9 @@ def _mma_partition(
             mbarrier.arrive(x_empty.index((kk - 1) % STAGES), count=1)
         cs = (kk + 1) % CSTAGES
         mbarrier.wait(c_ready.index(cs), ((kk + 1) // CSTAGES) & 1)
-        codes1 = c_bufs.index(cs)._reinterpret(gl.uint8, [BN, BK // 2], flat).load(l_code)
+        w1 = c_bufs.index(cs)._reinterpret(gl.int32, [BN, BK // 8], flat).load(L_W)
         mbarrier.arrive(c_empty.index(cs), count=1)
-        a1 = _decode_step(codes1, sb1, shift, BN, BK, L_CODE3, L_SCALE3, a_layout)
+        a1 = _decode_step(w1, sb1, shift, BN, BK, L_W4, L_T4, L_A3, a_layout)
         s = (kk + 1) % STAGES
         mbarrier.wait(x_ready.index(s), ((kk + 1) // STAGES) & 1)
         acc = warpgroup_mma(a1, x_bufs.index(s).permute((1, 0)), acc, is_async=True)
@@ -145,7 +197,8 @@ def _mma_partition(
 def w4a8_swapab_kernel(
     x_desc, c_desc, sc_desc, shift_ptr, xs_ptr, cs_ptr, bias_ptr, y_ptr, M, N, K, stride_ym,
     HAS_BIAS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
-    CSTAGES: gl.constexpr, L_CODE3: gl.constexpr, L_SCALE3: gl.constexpr, num_warps: gl.constexpr,
+    CSTAGES: gl.constexpr, L_W: gl.constexpr, L_S: gl.constexpr, L_W4: gl.constexpr, L_T4: gl.constexpr,
+    L_A3: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
     pid = gl.program_id(0)
     num_t = gl.cdiv(M, BT)
@@ -169,7 +222,7 @@ def w4a8_swapab_kernel(
         [
             (_mma_partition, (x_bufs, c_bufs, sc_bufs, x_ready, x_empty, c_ready, c_empty, shift_ptr, xs_ptr, cs_ptr,
                               bias_ptr, y_ptr, M, N, off_n, off_t, num_k, stride_ym, HAS_BIAS, BN, BT, BK, STAGES,
-                              CSTAGES, L_CODE3, L_SCALE3, num_warps)),
+                              CSTAGES, L_W, L_S, L_W4, L_T4, L_A3, num_warps)),
             (_x_load_partition, (x_desc, x_bufs, x_ready, x_empty, off_t, num_k, BK, STAGES)),
             (_code_load_partition, (c_desc, sc_desc, c_bufs, sc_bufs, c_ready, c_empty, off_n, num_k, BK, CSTAGES)),
         ],
@@ -178,42 +231,78 @@ def w4a8_swapab_kernel(
     )  # fmt: skip
 
 
-def a_operand_bases(bn: int, bk: int, num_warps: int) -> dict:
-    """Linear-layout bases (row, k) of wgmma's e4m3 A operand in registers for a [bn, bk] tile with
-    ``num_warps`` warps along the rows (k_width 4), as Triton 3.6 lays it out."""
-    assert bn == 16 * num_warps and bk >= 32
-    reg = [[0, 1], [0, 2], [8, 0]] + [[0, 16 << i] for i in range((bk // 32).bit_length())]
-    lane = [[0, 4], [0, 8], [1, 0], [2, 0], [4, 0]]
-    warp = [[16 << i, 0] for i in range(num_warps.bit_length() - 1)]
-    return {"reg": reg, "lane": lane, "warp": warp}
+def _lin(reg, lane, warp, shape) -> gl.DistributedLinearLayout:
+    return gl.DistributedLinearLayout(reg_bases=reg, lane_bases=lane, warp_bases=warp, block_bases=[], shape=shape)
 
 
-def split_k_layout(bases: dict, bn: int, bk: int, inner: int) -> gl.DistributedLinearLayout:
-    """The A layout with k split as (k // inner, k % inner): a [bn, bk / inner, inner] layout."""
+def layouts(bn: int, num_warps: int) -> dict:
+    """The register layouts of one k-step (BK = 128) for ``num_warps`` warps along the weight rows
+    (16 rows each; rows r and r + 8 in one thread, lane // 4 the row, lane % 4 = c):
 
-    def split(b):
-        return [b[0], b[1] // inner, b[1] % inner]
+    * ``L_W`` code words ``[bn, 16]`` int32 (word 4c + t);
+    * ``L_S`` scale bytes ``[bn, 8]`` (block 2c + h);
+    * ``L_W4`` ``[bn, 4 (t), 2 (jl), 4 (c)]`` and ``L_T4`` ``[bn, 2 (h), 4 (jj), 4 (c)]``: the A words
+      (q = c + 4j; j = 2t + jl = 4h + jj) with the code word / table axis split out;
+    * ``L_A3``: wgmma's A layout as ``[bn, 32 (q), 4 (i)]``."""
+    rows = [[1], [2], [4]]
+    warp = [[16 << i] for i in range(num_warps.bit_length() - 1)]
 
-    return gl.DistributedLinearLayout(
-        reg_bases=[split(b) for b in bases["reg"]],
-        lane_bases=[split(b) for b in bases["lane"]],
-        warp_bases=[split(b) for b in bases["warp"]],
-        block_bases=[],
-        shape=[bn, bk // inner, inner],
-    )
+    def nd(row_list, dims):  # row-only bases padded with zeros for the other dims
+        return [r + [0] * dims for r in row_list]
+
+    return {
+        "L_W": _lin([[0, 1], [0, 2], [8, 0]], [[0, 4], [0, 8]] + nd(rows, 1), nd(warp, 1), [bn, 16]),
+        "L_S": _lin([[0, 1], [8, 0]], [[0, 2], [0, 4]] + nd(rows, 1), nd(warp, 1), [bn, 8]),
+        "L_W4": _lin(
+            [[8, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 2, 0, 0]],
+            [[0, 0, 0, 1], [0, 0, 0, 2]] + nd(rows, 3), nd(warp, 3), [bn, 4, 2, 4],
+        ),
+        "L_T4": _lin(
+            [[8, 0, 0, 0], [0, 0, 1, 0], [0, 0, 2, 0], [0, 1, 0, 0]],
+            [[0, 0, 0, 1], [0, 0, 0, 2]] + nd(rows, 3), nd(warp, 3), [bn, 2, 4, 4],
+        ),
+        "L_A3": _lin(
+            [[0, 0, 1], [0, 0, 2], [8, 0, 0], [0, 4, 0], [0, 8, 0], [0, 16, 0]],
+            [[0, 1, 0], [0, 2, 0]] + nd(rows, 2), nd(warp, 2), [bn, 32, 4],
+        ),
+    }
+
+
+@triton.jit
+def _quantize_permuted_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, BLOCK_K: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    k = tl.arange(0, BLOCK_K)
+    x = tl.load(x_ptr + row * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
+    scale = tl.maximum(tl.max(tl.abs(x), axis=0) / 448.0, 1e-12)
+    q = tl.minimum(tl.maximum(x * (1.0 / scale), -448.0), 448.0)
+    # within each 128 chunk: k = 32c + 4j + i -> position 4c + i + 16j
+    p = (k & ~127) | (k & 3) | (((k >> 5) & 3) << 2) | (((k >> 2) & 7) << 4)
+    tl.store(q_ptr + row * stride_qm + p, q.to(tl.float8e4nv, fp_downcast_rounding="rtne"), mask=k < K)
+    tl.store(s_ptr + row, scale)
+
+
+def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token FP8 activations (as ``kernels.backends.fp8_act_quant``) in the kernel's K order."""
+    m, k = x.shape
+    q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)
+    s = torch.empty((m,), dtype=torch.float32, device=x.device)
+    bk = triton.next_power_of_2(k)
+    _quantize_permuted_kernel[(m,)](x, q, s, k, x.stride(0), q.stride(0), BLOCK_K=bk,
+                                    num_warps=4 if bk <= 2048 else 8 if bk <= 8192 else 16)  # fmt: skip
+    return q, s
 
 
 def launch(q, xs, packed, scale, shift, col_scale, bias, y, BN, BT, BK, STAGES, CSTAGES):
-    """``q``/``xs``: per-token FP8 activations; ``packed``/``scale``: NVFP4 weight (uint8 [N, K/2],
-    e4m3 [N, K/16], rows 16-byte aligned); ``shift``: its fp8_row_shift; ``col_scale = alpha / shift``;
-    K a multiple of 2 * BK."""
+    """``q``/``xs``: ``quantize(x)``; ``packed``/``scale``: NVFP4 weight (uint8 [N, K/2], e4m3 [N, K/16],
+    rows 16-byte aligned); ``shift``: its fp8_row_shift; ``col_scale = alpha / shift``; BK = 128 and K a
+    multiple of 256."""
+    assert BK == 128
     m, k = q.shape
     n = packed.shape[0]
     num_warps = BN // 16
-    bases = a_operand_bases(BN, BK, num_warps)
     grid = (triton.cdiv(m, BT) * triton.cdiv(n, BN),)
     w4a8_swapab_kernel[grid](
         *descriptors(q, packed, scale, BT, BN, BK), shift, xs, col_scale, bias, y, m, n, k, y.stride(0),
-        HAS_BIAS=bias is not None, BN=BN, BT=BT, BK=BK, STAGES=STAGES, CSTAGES=CSTAGES,
-        L_CODE3=split_k_layout(bases, BN, BK, 2), L_SCALE3=split_k_layout(bases, BN, BK, 16), num_warps=num_warps,
+        HAS_BIAS=bias is not None, BN=BN, BT=BT, BK=BK, STAGES=STAGES, CSTAGES=CSTAGES, **layouts(BN, num_warps),
+        num_warps=num_warps,
     )  # fmt: skip
