@@ -61,14 +61,15 @@ def run_shape(g, name: str, m: int, n: int, k: int, cfgs: list, gen: torch.Gener
             use_fast_accum=True,
         )
     )  # fmt: skip
+    codes = getattr(g, "prepare_codes", lambda p: p)(packed)  # a probe's load-time code layout
     for cfg in cfgs:
         key = "ws_" + "/".join(map(str, cfg))
         try:
-            y = ws(g, x, packed, scale, shift, col_scale, bias, cfg)
+            y = ws(g, x, codes, scale, shift, col_scale, bias, cfg)
             torch.cuda.synchronize()
             row["err"][key] = err(y)
             row["us"][key] = 1000 * autotune.gpu_time_ms(
-                lambda cfg=cfg: ws(g, x, packed, scale, shift, col_scale, bias, cfg)
+                lambda cfg=cfg: ws(g, x, codes, scale, shift, col_scale, bias, cfg)
             )
         except Exception as e:  # a config that does not fit is reported, the others still run
             row["err"][key] = repr(e)[:300]

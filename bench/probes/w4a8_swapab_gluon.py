@@ -75,25 +75,32 @@ def _tables(sb, shift):
     )
 
 
-_WORD_ASM = gl.constexpr(
+_WORDS_ASM = gl.constexpr(
     """{
-        .reg .b32 sel, g, t, u;
-        and.b32 sel, $1, 0x7777;
-        prmt.b32 g, $2, $3, sel;
-        prmt.b32 t, $1, 0, 0x1100;
-        shl.b32 u, t, 4;
-        lop3.b32 t, u, t, 0x00800080, 0xE4;
-        lop3.b32 $0, g, t, 0x80808080, 0xF8;
+        .reg .b32 sel, g, u;
+        and.b32 sel, $2, 0x7777;
+        prmt.b32 g, $3, $4, sel;
+        lop3.b32 $0, g, $2, 0x80808080, 0xF8;
+        shr.u32 sel, $2, 16;
+        and.b32 sel, sel, 0x7777;
+        prmt.b32 g, $3, $4, sel;
+        shl.b32 u, $2, 4;
+        lop3.b32 $1, g, u, 0x80808080, 0xF8;
         }"""
 )
 
 
 @gluon.jit
-def _decode_word(codes, lo, hi):
-    """4 codes (low 16 bits, element i in nibble i) and their block's table -> 4 e4m3 bytes: the
-    magnitudes picked by one prmt, the signs (bit 3 of nibble i) ORed into bit 7 of byte i."""
+def _decode_words(words, lo, hi):
+    """A code word in the ``prepare_codes`` layout and its block's table -> the two A words it holds
+    (4 e4m3 bytes each): magnitudes picked by one prmt per A word, signs ORed into bit 7."""
     return gl.inline_asm_elementwise(
-        asm=_WORD_ASM, constraints="=r,r,r,r", args=[codes, lo, hi], dtype=gl.int32, is_pure=True, pack=1
+        asm=_WORDS_ASM,
+        constraints="=r,=r,r,r,r",
+        args=[words, lo, hi],
+        dtype=(gl.int32, gl.int32),
+        is_pure=True,
+        pack=1,
     )
 
 
@@ -106,33 +113,31 @@ def _as_e4m3(words):
 
 
 @gluon.jit
-def _decode_step(words, sb, shift, BN: gl.constexpr, BK: gl.constexpr, L_W4: gl.constexpr, L_T4: gl.constexpr,
-                 L_A3: gl.constexpr, a_layout: gl.constexpr):  # fmt: skip
-    """One k-step's A operand from its code words ``[BN, BK/8]`` (word 4c + t: k = 32c + 8t .. + 7) and
-    scale bytes ``[BN, BK/16]`` (block 2c + h) in the layouts of ``layouts()``."""
-    # A words [BN, BK/4]: word q = c + 4j = c + 8t + 4jl holds half jl of code word 4c + t
-    w3 = gl.permute(gl.reshape(words, [BN, 4, 4]), (0, 2, 1))  # [BN, t, c]
-    w3 = gl.convert_layout(w3, gl.SliceLayout(2, L_W4), assert_trivial=True)
-    w4 = gl.expand_dims(w3, 2)
-    w_lo = gl.broadcast(w4, gl.zeros([BN, 4, 2, 4], gl.int32, L_W4))[0]
-    w_hi = gl.broadcast(w4 >> 16, gl.zeros([BN, 4, 2, 4], gl.int32, L_W4))[0]
-    jl = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, L_W4))))
-    jl4 = gl.expand_dims(gl.expand_dims(gl.expand_dims(jl, 0), 1), 3)
-    codes = gl.where(jl4 == 1, w_hi, w_lo)
-    # tables: A word q = c + 4jj + 16h uses block 2c + h
+def _decode_step(words, sb, shift, BN: gl.constexpr, BK: gl.constexpr, L_W3: gl.constexpr, L_T4: gl.constexpr,
+                 L_W4: gl.constexpr, L_A3: gl.constexpr, a_layout: gl.constexpr):  # fmt: skip
+    """One k-step's A operand from its code words ``[BN, BK/8]`` (word 4c + t: k = 32c + 8t .. + 7, in
+    the ``prepare_codes`` layout) and scale bytes ``[BN, BK/16]`` (block 2c + h) in the layouts of
+    ``layouts()``."""
+    w3 = gl.convert_layout(gl.permute(gl.reshape(words, [BN, 4, 4]), (0, 2, 1)), L_W3, assert_trivial=True)
+    # the table of code word (t, c) is block 2c + t // 2
     lo, hi = _tables(sb.to(gl.int32), gl.broadcast(gl.expand_dims(shift, 1), sb)[0])
+    z = gl.zeros([BN, 2, 2, 4], gl.int32, L_T4)
     t_lo = gl.convert_layout(gl.permute(gl.reshape(lo, [BN, 4, 2]), (0, 2, 1)), gl.SliceLayout(2, L_T4),
                              assert_trivial=True)  # fmt: skip
     t_hi = gl.convert_layout(gl.permute(gl.reshape(hi, [BN, 4, 2]), (0, 2, 1)), gl.SliceLayout(2, L_T4),
                              assert_trivial=True)  # fmt: skip
-    z = gl.zeros([BN, 2, 4, 4], gl.int32, L_T4)
-    t_lo = gl.broadcast(gl.expand_dims(t_lo, 2), z)[0]
-    t_hi = gl.broadcast(gl.expand_dims(t_hi, 2), z)[0]
-    l_a4: gl.constexpr = gl.SliceLayout(2, L_A3)
-    codes = gl.convert_layout(gl.reshape(codes, [BN, BK // 4]), l_a4, assert_trivial=True)
-    t_lo = gl.convert_layout(gl.reshape(t_lo, [BN, BK // 4]), l_a4, assert_trivial=True)
-    t_hi = gl.convert_layout(gl.reshape(t_hi, [BN, BK // 4]), l_a4, assert_trivial=True)
-    a4 = _decode_word(codes, t_lo, t_hi)
+    t_lo = gl.convert_layout(gl.reshape(gl.broadcast(gl.expand_dims(t_lo, 2), z)[0], [BN, 4, 4]), L_W3,
+                             assert_trivial=True)  # fmt: skip
+    t_hi = gl.convert_layout(gl.reshape(gl.broadcast(gl.expand_dims(t_hi, 2), z)[0], [BN, 4, 4]), L_W3,
+                             assert_trivial=True)  # fmt: skip
+    a_x, a_y = _decode_words(w3, t_lo, t_hi)
+    # A word q = c + 4j, j = 2t + jl: jl = 0 is a_x, 1 is a_y
+    zw = gl.zeros([BN, 4, 2, 4], gl.int32, L_W4)
+    a_x = gl.broadcast(gl.expand_dims(gl.convert_layout(a_x, gl.SliceLayout(2, L_W4), assert_trivial=True), 2), zw)[0]
+    a_y = gl.broadcast(gl.expand_dims(gl.convert_layout(a_y, gl.SliceLayout(2, L_W4), assert_trivial=True), 2), zw)[0]
+    jl = gl.arange(0, 2, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, L_W4))))
+    a4 = gl.where(gl.expand_dims(gl.expand_dims(gl.expand_dims(jl, 0), 1), 3) == 1, a_y, a_x)
+    a4 = gl.convert_layout(gl.reshape(a4, [BN, BK // 4]), gl.SliceLayout(2, L_A3), assert_trivial=True)
     a3 = gl.broadcast(gl.expand_dims(a4, 2), gl.zeros([BN, BK // 4, 4], gl.int32, L_A3))[0]
     return _as_e4m3(gl.convert_layout(gl.reshape(a3, [BN, BK]), a_layout, assert_trivial=True))
 
@@ -141,8 +146,8 @@ def _decode_step(words, sb, shift, BN: gl.constexpr, BK: gl.constexpr, L_W4: gl.
 def _mma_partition(
     x_bufs, c_bufs, sc_bufs, x_ready, x_empty, c_ready, c_empty, shift_ptr, xs_ptr, cs_ptr, bias_ptr, y_ptr, M, N,
     off_n, off_t, num_k, stride_ym, HAS_BIAS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, BK: gl.constexpr,
-    STAGES: gl.constexpr, CSTAGES: gl.constexpr, L_W: gl.constexpr, L_S: gl.constexpr, L_W4: gl.constexpr,
-    L_T4: gl.constexpr, L_A3: gl.constexpr, num_warps: gl.constexpr,
+    STAGES: gl.constexpr, CSTAGES: gl.constexpr, L_W: gl.constexpr, L_S: gl.constexpr, L_W3: gl.constexpr,
+    L_T4: gl.constexpr, L_W4: gl.constexpr, L_A3: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
     mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BT, 32]
@@ -163,7 +168,7 @@ def _mma_partition(
         sb0 = sc_bufs.index(cs).slice(0, BK // 16, dim=1).load(L_S)
         sb1 = sc_bufs.index(cs).slice(BK // 16, BK // 16, dim=1).load(L_S)
         mbarrier.arrive(c_empty.index(cs), count=1)
-        a0 = _decode_step(w0, sb0, shift, BN, BK, L_W4, L_T4, L_A3, a_layout)
+        a0 = _decode_step(w0, sb0, shift, BN, BK, L_W3, L_T4, L_W4, L_A3, a_layout)
         s = kk % STAGES
         mbarrier.wait(x_ready.index(s), (kk // STAGES) & 1)
         acc = warpgroup_mma(a0, x_bufs.index(s).permute((1, 0)), acc, is_async=True)
@@ -174,7 +179,7 @@ def _mma_partition(
         mbarrier.wait(c_ready.index(cs), ((kk + 1) // CSTAGES) & 1)
         w1 = c_bufs.index(cs)._reinterpret(gl.int32, [BN, BK // 8], flat).load(L_W)
         mbarrier.arrive(c_empty.index(cs), count=1)
-        a1 = _decode_step(w1, sb1, shift, BN, BK, L_W4, L_T4, L_A3, a_layout)
+        a1 = _decode_step(w1, sb1, shift, BN, BK, L_W3, L_T4, L_W4, L_A3, a_layout)
         s = (kk + 1) % STAGES
         mbarrier.wait(x_ready.index(s), ((kk + 1) // STAGES) & 1)
         acc = warpgroup_mma(a1, x_bufs.index(s).permute((1, 0)), acc, is_async=True)
@@ -197,8 +202,8 @@ def _mma_partition(
 def w4a8_swapab_kernel(
     x_desc, c_desc, sc_desc, shift_ptr, xs_ptr, cs_ptr, bias_ptr, y_ptr, M, N, K, stride_ym,
     HAS_BIAS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
-    CSTAGES: gl.constexpr, L_W: gl.constexpr, L_S: gl.constexpr, L_W4: gl.constexpr, L_T4: gl.constexpr,
-    L_A3: gl.constexpr, num_warps: gl.constexpr,
+    CSTAGES: gl.constexpr, L_W: gl.constexpr, L_S: gl.constexpr, L_W3: gl.constexpr, L_T4: gl.constexpr,
+    L_W4: gl.constexpr, L_A3: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
     pid = gl.program_id(0)
     num_t = gl.cdiv(M, BT)
@@ -222,7 +227,7 @@ def w4a8_swapab_kernel(
         [
             (_mma_partition, (x_bufs, c_bufs, sc_bufs, x_ready, x_empty, c_ready, c_empty, shift_ptr, xs_ptr, cs_ptr,
                               bias_ptr, y_ptr, M, N, off_n, off_t, num_k, stride_ym, HAS_BIAS, BN, BT, BK, STAGES,
-                              CSTAGES, L_W, L_S, L_W4, L_T4, L_A3, num_warps)),
+                              CSTAGES, L_W, L_S, L_W3, L_T4, L_W4, L_A3, num_warps)),
             (_x_load_partition, (x_desc, x_bufs, x_ready, x_empty, off_t, num_k, BK, STAGES)),
             (_code_load_partition, (c_desc, sc_desc, c_bufs, sc_bufs, c_ready, c_empty, off_n, num_k, BK, CSTAGES)),
         ],
@@ -239,10 +244,10 @@ def layouts(bn: int, num_warps: int) -> dict:
     """The register layouts of one k-step (BK = 128) for ``num_warps`` warps along the weight rows
     (16 rows each; rows r and r + 8 in one thread, lane // 4 the row, lane % 4 = c):
 
-    * ``L_W`` code words ``[bn, 16]`` int32 (word 4c + t);
+    * ``L_W`` code words ``[bn, 16]`` int32 (word 4c + t) and ``L_W3`` the same as ``[bn, 4 (t), 4 (c)]``;
     * ``L_S`` scale bytes ``[bn, 8]`` (block 2c + h);
-    * ``L_W4`` ``[bn, 4 (t), 2 (jl), 4 (c)]`` and ``L_T4`` ``[bn, 2 (h), 4 (jj), 4 (c)]``: the A words
-      (q = c + 4j; j = 2t + jl = 4h + jj) with the code word / table axis split out;
+    * ``L_T4`` ``[bn, 2 (h), 2 (tl), 4 (c)]``: a block's table broadcast to its code words t = 2h + tl;
+    * ``L_W4`` ``[bn, 4 (t), 2 (jl), 4 (c)]``: the A words q = c + 4j, j = 2t + jl;
     * ``L_A3``: wgmma's A layout as ``[bn, 32 (q), 4 (i)]``."""
     rows = [[1], [2], [4]]
     warp = [[16 << i] for i in range(num_warps.bit_length() - 1)]
@@ -252,20 +257,42 @@ def layouts(bn: int, num_warps: int) -> dict:
 
     return {
         "L_W": _lin([[0, 1], [0, 2], [8, 0]], [[0, 4], [0, 8]] + nd(rows, 1), nd(warp, 1), [bn, 16]),
+        "L_W3": _lin([[8, 0, 0], [0, 1, 0], [0, 2, 0]], [[0, 0, 1], [0, 0, 2]] + nd(rows, 2), nd(warp, 2), [bn, 4, 4]),
         "L_S": _lin([[0, 1], [8, 0]], [[0, 2], [0, 4]] + nd(rows, 1), nd(warp, 1), [bn, 8]),
+        "L_T4": _lin(
+            [[8, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0]],
+            [[0, 0, 0, 1], [0, 0, 0, 2]] + nd(rows, 3),
+            nd(warp, 3),
+            [bn, 2, 2, 4],
+        ),
         "L_W4": _lin(
             [[8, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 2, 0, 0]],
-            [[0, 0, 0, 1], [0, 0, 0, 2]] + nd(rows, 3), nd(warp, 3), [bn, 4, 2, 4],
-        ),
-        "L_T4": _lin(
-            [[8, 0, 0, 0], [0, 0, 1, 0], [0, 0, 2, 0], [0, 1, 0, 0]],
-            [[0, 0, 0, 1], [0, 0, 0, 2]] + nd(rows, 3), nd(warp, 3), [bn, 2, 4, 4],
+            [[0, 0, 0, 1], [0, 0, 0, 2]] + nd(rows, 3),
+            nd(warp, 3),
+            [bn, 4, 2, 4],
         ),
         "L_A3": _lin(
             [[0, 0, 1], [0, 0, 2], [8, 0, 0], [0, 4, 0], [0, 8, 0], [0, 16, 0]],
-            [[0, 1, 0], [0, 2, 0]] + nd(rows, 2), nd(warp, 2), [bn, 32, 4],
+            [[0, 1, 0], [0, 2, 0]] + nd(rows, 2),
+            nd(warp, 2),
+            [bn, 32, 4],
         ),
     }
+
+
+def prepare_codes(packed: torch.Tensor) -> torch.Tensor:
+    """ModelOpt-order codes (uint8 ``[N, K/2]``, element 2i in the low nibble of byte i) -> the same
+    bytes with each little-endian 32-bit word (codes n = 0..7) rearranged for ``_WORDS_ASM``: the
+    magnitudes (3 bits) of codes n = 0..3 at bits 4n, of codes 4..7 at bits 16 + 4(n - 4); the signs of
+    codes 0..3 at bits 8n + 7, of codes 4..7 at bits 8(n - 4) + 3. Done once per weight."""
+    w = packed.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    out = torch.zeros_like(w)
+    for n in range(8):
+        code = (w >> (4 * n)) & 0xF
+        mag, sign = code & 7, code >> 3
+        out |= mag << (4 * n)  # n < 4: nibble n; n >= 4: nibble n (bits 16 + 4(n - 4))
+        out |= sign << (8 * n + 7 if n < 4 else 8 * (n - 4) + 3)
+    return out.to(torch.int32).view(torch.uint8).view(packed.shape)
 
 
 @triton.jit
