@@ -31,7 +31,15 @@ import triton
 import triton.language as tl
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+from triton.language.extra.cuda import gdc_launch_dependents
 from w4a8_ws_gluon import _code_load_partition, _x_load_partition, descriptors
 
 # $1 = e4m3 scale byte (low 8 bits), $2 = row shift -> $0, $1... see _tables
@@ -143,9 +151,22 @@ def _decode_step(words, sb, shift, BN: gl.constexpr, BK: gl.constexpr, L_W3: gl.
 
 
 @gluon.jit
+def _grid_dependency_wait():
+    """``griddepcontrol.wait``: the activations' quantization (the previous grid, launched with PDL)
+    has finished and its writes are visible; a no-op without PDL."""
+    gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _x_load_after_quant(x_desc, x_bufs, x_ready, x_empty, off_t, num_k, BK: gl.constexpr, STAGES: gl.constexpr):
+    _grid_dependency_wait()
+    _x_load_partition(x_desc, x_bufs, x_ready, x_empty, off_t, num_k, BK, STAGES)
+
+
+@gluon.jit
 def _mma_partition(
-    x_bufs, c_bufs, sc_bufs, x_ready, x_empty, c_ready, c_empty, shift_ptr, xs_ptr, cs_ptr, bias_ptr, y_ptr, M, N,
-    off_n, off_t, num_k, stride_ym, HAS_BIAS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, BK: gl.constexpr,
+    x_bufs, c_bufs, sc_bufs, x_ready, x_empty, c_ready, c_empty, shift_ptr, xs_ptr, cs_ptr, bias_ptr, y_desc, y_smem,
+    M, N, off_n, off_t, num_k, HAS_BIAS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, BK: gl.constexpr,
     STAGES: gl.constexpr, CSTAGES: gl.constexpr, L_W: gl.constexpr, L_S: gl.constexpr, L_W3: gl.constexpr,
     L_T4: gl.constexpr, L_W4: gl.constexpr, L_A3: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
@@ -186,21 +207,24 @@ def _mma_partition(
         acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
         mbarrier.arrive(x_empty.index(kk % STAGES), count=1)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    _grid_dependency_wait()  # xs comes from the quantization grid
     n_idx = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, mma_layout))
     t_idx = off_t + gl.arange(0, BT, layout=gl.SliceLayout(0, mma_layout))
     n_ok = n_idx < N
-    t_ok = t_idx < M
     acc = acc * gl.load(cs_ptr + n_idx, mask=n_ok, other=0.0)[:, None]
-    acc = acc * gl.load(xs_ptr + t_idx, mask=t_ok, other=0.0)[None, :]
+    acc = acc * gl.load(xs_ptr + t_idx, mask=t_idx < M, other=0.0)[None, :]
     if HAS_BIAS:
         acc = acc + gl.load(bias_ptr + n_idx, mask=n_ok, other=0.0).to(gl.float32)[:, None]
-    out_ptrs = y_ptr + t_idx[None, :] * stride_ym + n_idx[:, None]
-    gl.store(out_ptrs, acc.to(gl.bfloat16), mask=n_ok[:, None] & t_ok[None, :])
+    # y^T tile -> smem as [BT, BN] -> one TMA store (clipped at M and N)
+    y_smem.store(gl.permute(acc.to(gl.bfloat16), (1, 0)))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(y_desc, [off_t, off_n], y_smem)
+    tma.store_wait(pendings=0)
 
 
 @gluon.jit
 def w4a8_swapab_kernel(
-    x_desc, c_desc, sc_desc, shift_ptr, xs_ptr, cs_ptr, bias_ptr, y_ptr, M, N, K, stride_ym,
+    x_desc, c_desc, sc_desc, shift_ptr, xs_ptr, cs_ptr, bias_ptr, y_desc, M, N, K,
     HAS_BIAS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
     CSTAGES: gl.constexpr, L_W: gl.constexpr, L_S: gl.constexpr, L_W3: gl.constexpr, L_T4: gl.constexpr,
     L_W4: gl.constexpr, L_A3: gl.constexpr, num_warps: gl.constexpr,
@@ -217,6 +241,7 @@ def w4a8_swapab_kernel(
     x_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     c_ready = gl.allocate_shared_memory(gl.int64, [CSTAGES, 1], mbarrier.MBarrierLayout())
     c_empty = gl.allocate_shared_memory(gl.int64, [CSTAGES, 1], mbarrier.MBarrierLayout())
+    y_smem = gl.allocate_shared_memory(gl.bfloat16, [BT, BN], y_desc.layout)
     for i in gl.static_range(STAGES):
         mbarrier.init(x_ready.index(i), count=1)
         mbarrier.init(x_empty.index(i), count=1)
@@ -226,9 +251,9 @@ def w4a8_swapab_kernel(
     gl.warp_specialize(
         [
             (_mma_partition, (x_bufs, c_bufs, sc_bufs, x_ready, x_empty, c_ready, c_empty, shift_ptr, xs_ptr, cs_ptr,
-                              bias_ptr, y_ptr, M, N, off_n, off_t, num_k, stride_ym, HAS_BIAS, BN, BT, BK, STAGES,
+                              bias_ptr, y_desc, y_smem, M, N, off_n, off_t, num_k, HAS_BIAS, BN, BT, BK, STAGES,
                               CSTAGES, L_W, L_S, L_W3, L_T4, L_W4, L_A3, num_warps)),
-            (_x_load_partition, (x_desc, x_bufs, x_ready, x_empty, off_t, num_k, BK, STAGES)),
+            (_x_load_after_quant, (x_desc, x_bufs, x_ready, x_empty, off_t, num_k, BK, STAGES)),
             (_code_load_partition, (c_desc, sc_desc, c_bufs, sc_bufs, c_ready, c_empty, off_n, num_k, BK, CSTAGES)),
         ],
         [1, 1],
@@ -297,6 +322,7 @@ def prepare_codes(packed: torch.Tensor) -> torch.Tensor:
 
 @triton.jit
 def _quantize_permuted_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, BLOCK_K: tl.constexpr):
+    gdc_launch_dependents()  # the GEMM (PDL) may start its weight loads and decode now
     row = tl.program_id(0).to(tl.int64)
     k = tl.arange(0, BLOCK_K)
     x = tl.load(x_ptr + row * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
@@ -328,8 +354,9 @@ def launch(q, xs, packed, scale, shift, col_scale, bias, y, BN, BT, BK, STAGES, 
     n = packed.shape[0]
     num_warps = BN // 16
     grid = (triton.cdiv(m, BT) * triton.cdiv(n, BN),)
+    y_desc = TensorDescriptor.from_tensor(y, [BT, BN], gl.NVMMASharedLayout.get_default_for([BT, BN], gl.bfloat16))
     w4a8_swapab_kernel[grid](
-        *descriptors(q, packed, scale, BT, BN, BK), shift, xs, col_scale, bias, y, m, n, k, y.stride(0),
+        *descriptors(q, packed, scale, BT, BN, BK), shift, xs, col_scale, bias, y_desc, m, n, k,
         HAS_BIAS=bias is not None, BN=BN, BT=BT, BK=BK, STAGES=STAGES, CSTAGES=CSTAGES, **layouts(BN, num_warps),
-        num_warps=num_warps,
+        num_warps=num_warps, launch_pdl=True,
     )  # fmt: skip
