@@ -42,19 +42,14 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from triton.language.extra.cuda import gdc_launch_dependents
 from w4a8_ws_gluon import _code_load_partition, _x_load_partition, descriptors
 
-# $1 = e4m3 scale byte (low 8 bits), $2 = row shift -> $0, $1... see _tables
 _TABLE_ASM = gl.constexpr(
     """{
         .reg .b32 s2, m01, m23, m45, m67;
-        .reg .b16 sb, sz, sh, q0, q1, q2, q3;
-        .reg .f32 sf;
-        cvt.u16.u32 sb, $2;
+        .reg .b16 sb, q0, q1, q2, q3;
+        prmt.b32 s2, $2, 0, 0x0000;
+        cvt.u16.u32 sb, s2;
         cvt.rn.f16x2.e4m3x2 s2, sb;
-        mov.b32 {sh, sz}, s2;
-        cvt.f32.f16 sf, sh;
-        mul.f32 sf, sf, $3;
-        cvt.rn.f16.f32 sh, sf;
-        mov.b32 s2, {sh, sh};
+        mul.rn.f16x2 s2, s2, $3;
         mov.b32 m01, 0x38000000;
         mov.b32 m23, 0x3E003C00;
         mov.b32 m45, 0x42004000;
@@ -74,34 +69,58 @@ _TABLE_ASM = gl.constexpr(
 
 
 @gluon.jit
-def _tables(sb, shift):
-    """Block scale bytes (int32, e4m3 in the low 8 bits) and row shifts (float32) -> (lo, hi): byte m
-    of the 8-byte table ``lo | hi << 32`` = e4m3(magnitude m x scale x shift), magnitudes (0, 0.5, 1,
-    1.5, 2, 3, 4, 6); the product is exact in fp16, so it is rounded once."""
+def _tables(sb, shift2):
+    """Block scale bytes (int32, e4m3 in the low 8 bits) and row shifts (``_f16x2(shift)``) -> (lo, hi):
+    byte m of the 8-byte table ``lo | hi << 32`` = e4m3(magnitude m x scale x shift), magnitudes (0,
+    0.5, 1, 1.5, 2, 3, 4, 6). fp16 holds scale x shift (a power of two in [2**-3, 2**15] by
+    ``fp8_row_shift``'s construction, so the product lies in [2**-12, 75] with <= 4 significant bits)
+    and its products with the magnitudes exactly, so each byte is rounded once."""
     return gl.inline_asm_elementwise(
-        asm=_TABLE_ASM, constraints="=r,=r,r,f", args=[sb, shift], dtype=(gl.int32, gl.int32), is_pure=True, pack=1
+        asm=_TABLE_ASM, constraints="=r,=r,r,r", args=[sb, shift2], dtype=(gl.int32, gl.int32), is_pure=True, pack=1
     )
 
 
+@gluon.jit
+def _f16x2(x):
+    """float32 -> int32 holding the fp16 pair (x, x)."""
+    return gl.inline_asm_elementwise(
+        asm="{ .reg .b16 h; cvt.rn.f16.f32 h, $1; mov.b32 $0, {h, h}; }",
+        constraints="=r,f",
+        args=[x],
+        dtype=gl.int32,
+        is_pure=True,
+        pack=1,
+    )
+
+
+# The two A words of a ModelOpt-order code word w (8 codes, code n in nibble n): for each half
+# (codes 0-3, then 4-7: the low 16 bits of w >> 16), the magnitudes are picked from the block's table
+# by one prmt with the sign bits masked off; a second prmt from 0x80808080 with the raw nibbles as
+# selector gives 0x80 for a positive code, 0xFF (msb replicated) for a negative one, so bit 0 of its
+# byte i, shifted to bit 7, is code i's sign.
 _WORDS_ASM = gl.constexpr(
     """{
-        .reg .b32 sel, g, u;
+        .reg .b32 sel, g, t, sg, hi;
+        mov.b32 sg, 0x80808080;
         and.b32 sel, $2, 0x7777;
         prmt.b32 g, $3, $4, sel;
-        lop3.b32 $0, g, $2, 0x80808080, 0xF8;
-        shr.u32 sel, $2, 16;
-        and.b32 sel, sel, 0x7777;
+        prmt.b32 t, sg, sg, $2;
+        shl.b32 t, t, 7;
+        lop3.b32 $0, g, t, 0x80808080, 0xF8;
+        shr.u32 hi, $2, 16;
+        and.b32 sel, hi, 0x7777;
         prmt.b32 g, $3, $4, sel;
-        shl.b32 u, $2, 4;
-        lop3.b32 $1, g, u, 0x80808080, 0xF8;
+        prmt.b32 t, sg, sg, hi;
+        shl.b32 t, t, 7;
+        lop3.b32 $1, g, t, 0x80808080, 0xF8;
         }"""
 )
 
 
 @gluon.jit
 def _decode_words(words, lo, hi):
-    """A code word in the ``prepare_codes`` layout and its block's table -> the two A words it holds
-    (4 e4m3 bytes each): magnitudes picked by one prmt per A word, signs ORed into bit 7."""
+    """A code word (8 codes, ModelOpt order) and its block's table -> the two A words it holds (codes
+    0-3 and 4-7, 4 e4m3 bytes each)."""
     return gl.inline_asm_elementwise(
         asm=_WORDS_ASM,
         constraints="=r,=r,r,r,r",
@@ -121,14 +140,14 @@ def _as_e4m3(words):
 
 
 @gluon.jit
-def _decode_step(words, sb, shift, BN: gl.constexpr, BK: gl.constexpr, L_W3: gl.constexpr, L_T4: gl.constexpr,
+def _decode_step(words, sb, shift2, BN: gl.constexpr, BK: gl.constexpr, L_W3: gl.constexpr, L_T4: gl.constexpr,
                  L_W4: gl.constexpr, L_A3: gl.constexpr, a_layout: gl.constexpr):  # fmt: skip
     """One k-step's A operand from its code words ``[BN, BK/8]`` (word 4c + t: k = 32c + 8t .. + 7, in
-    the ``prepare_codes`` layout) and scale bytes ``[BN, BK/16]`` (block 2c + h) in the layouts of
+    ModelOpt order) and scale bytes ``[BN, BK/16]`` (block 2c + h) in the layouts of
     ``layouts()``."""
     w3 = gl.convert_layout(gl.permute(gl.reshape(words, [BN, 4, 4]), (0, 2, 1)), L_W3, assert_trivial=True)
     # the table of code word (t, c) is block 2c + t // 2
-    lo, hi = _tables(sb.to(gl.int32), gl.broadcast(gl.expand_dims(shift, 1), sb)[0])
+    lo, hi = _tables(sb.to(gl.int32), gl.broadcast(gl.expand_dims(shift2, 1), sb)[0])
     z = gl.zeros([BN, 2, 2, 4], gl.int32, L_T4)
     t_lo = gl.convert_layout(gl.permute(gl.reshape(lo, [BN, 4, 2]), (0, 2, 1)), gl.SliceLayout(2, L_T4),
                              assert_trivial=True)  # fmt: skip
@@ -176,7 +195,7 @@ def _mma_partition(
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_layout, k_width=4)
     flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
     rows = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, L_S))
-    shift = gl.load(shift_ptr + rows, mask=rows < N, other=1.0)
+    shift2 = _f16x2(gl.load(shift_ptr + rows, mask=rows < N, other=1.0))
     acc = gl.zeros((BN, BT), dtype=gl.float32, layout=mma_layout)
     # without this, LLVM keeps a zero-trip path whose zero accumulator joins the in-flight wgmma's at
     # the loop exit, and ptxas serializes every wgmma (C7515)
@@ -189,7 +208,7 @@ def _mma_partition(
         sb0 = sc_bufs.index(cs).slice(0, BK // 16, dim=1).load(L_S)
         sb1 = sc_bufs.index(cs).slice(BK // 16, BK // 16, dim=1).load(L_S)
         mbarrier.arrive(c_empty.index(cs), count=1)
-        a0 = _decode_step(w0, sb0, shift, BN, BK, L_W3, L_T4, L_W4, L_A3, a_layout)
+        a0 = _decode_step(w0, sb0, shift2, BN, BK, L_W3, L_T4, L_W4, L_A3, a_layout)
         s = kk % STAGES
         mbarrier.wait(x_ready.index(s), (kk // STAGES) & 1)
         acc = warpgroup_mma(a0, x_bufs.index(s).permute((1, 0)), acc, is_async=True)
@@ -200,7 +219,7 @@ def _mma_partition(
         mbarrier.wait(c_ready.index(cs), ((kk + 1) // CSTAGES) & 1)
         w1 = c_bufs.index(cs)._reinterpret(gl.int32, [BN, BK // 8], flat).load(L_W)
         mbarrier.arrive(c_empty.index(cs), count=1)
-        a1 = _decode_step(w1, sb1, shift, BN, BK, L_W3, L_T4, L_W4, L_A3, a_layout)
+        a1 = _decode_step(w1, sb1, shift2, BN, BK, L_W3, L_T4, L_W4, L_A3, a_layout)
         s = (kk + 1) % STAGES
         mbarrier.wait(x_ready.index(s), ((kk + 1) // STAGES) & 1)
         acc = warpgroup_mma(a1, x_bufs.index(s).permute((1, 0)), acc, is_async=True)
@@ -303,21 +322,6 @@ def layouts(bn: int, num_warps: int) -> dict:
             [bn, 32, 4],
         ),
     }
-
-
-def prepare_codes(packed: torch.Tensor) -> torch.Tensor:
-    """ModelOpt-order codes (uint8 ``[N, K/2]``, element 2i in the low nibble of byte i) -> the same
-    bytes with each little-endian 32-bit word (codes n = 0..7) rearranged for ``_WORDS_ASM``: the
-    magnitudes (3 bits) of codes n = 0..3 at bits 4n, of codes 4..7 at bits 16 + 4(n - 4); the signs of
-    codes 0..3 at bits 8n + 7, of codes 4..7 at bits 8(n - 4) + 3. Done once per weight."""
-    w = packed.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
-    out = torch.zeros_like(w)
-    for n in range(8):
-        code = (w >> (4 * n)) & 0xF
-        mag, sign = code & 7, code >> 3
-        out |= mag << (4 * n)  # n < 4: nibble n; n >= 4: nibble n (bits 16 + 4(n - 4))
-        out |= sign << (8 * n + 7 if n < 4 else 8 * (n - 4) + 3)
-    return out.to(torch.int32).view(torch.uint8).view(packed.shape)
 
 
 @triton.jit
