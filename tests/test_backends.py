@@ -563,3 +563,20 @@ def test_fp8_lora_on_the_small_m_and_plain_paths(backend, m, gen):
     assert lora[1].dtype == torch.bfloat16, "a zero column scale cannot carry B: plain form"
     ref = float64_with_lora(x, packed, scale, zero_alpha, None, down, up)
     assert rel_err(y, ref) < 1e-2
+
+
+def test_wgmma_k_order_is_a_column_permutation_of_the_plain_quantization(gen):
+    """The activation order of the swap-AB GEMM (kernels/backends/w4a8_swapab.py): column k = 32c + 4j + i
+    of each 128-wide chunk at position 4c + i + 16j, the same codes and row scales."""
+    from kernels.backends.fp8_act_quant import quantize_act_fp8
+
+    x = torch.randn(5, 512, generator=gen).to(torch.bfloat16).to(DEVICE)
+    q, s = quantize_act_fp8(x)
+    qp, sp = quantize_act_fp8(x, wgmma_k_order=True)
+    k = torch.arange(512)
+    c, j, i = (k % 128) // 32, (k % 32) // 4, k % 4
+    pos = (k // 128) * 128 + 4 * c + i + 16 * j
+    assert torch.equal(sp, s)
+    assert torch.equal(qp[:, pos.to(qp.device)].view(torch.uint8), q.view(torch.uint8))
+    with pytest.raises(ValueError, match="multiple of 128"):
+        quantize_act_fp8(x[:, :200], wgmma_k_order=True)

@@ -123,17 +123,38 @@ def test_compiled_graph_uses_the_traced_op(gen):
 @requires_cuda
 def test_inductor_launches_the_pack_kernels_itself(gen):
     """Inductor's generated code launches the decode and quantize kernels and calls cuBLAS FP8
-    directly: no call back into the pack's Python op, no copy of the packed weight."""
+    directly: no call back into the pack's Python op, no copy of the packed weight. (1100 rows:
+    above the swap-AB GEMM's range, see the next test.)"""
     from torch._inductor.utils import run_and_get_code
 
     torch._dynamo.reset()
     layer = FP4Linear.from_linear(nn.Linear(256, 384)).to("cuda", torch.bfloat16).prepare("w4a8")
-    x = torch.randn(77, 256, generator=gen).to("cuda", torch.bfloat16)
+    x = torch.randn(1100, 256, generator=gen).to("cuda", torch.bfloat16)
     _, sources = run_and_get_code(torch.compile(layer, backend="inductor", fullgraph=True), x)
     code = "\n".join(sources)
     print(code)
     assert "_decode_kernel" in code and "_act_quant_kernel" in code and "_scaled_mm" in code
     assert "nvfp4_flux" not in code.replace("nvfp4_flux_", "")
+
+
+@requires_cuda
+def test_inductor_calls_the_swapab_gemm_as_one_opaque_op(gen):
+    """For a few hundred rows on sm_90 the W4A8 layer is the Gluon swap-AB GEMM, which Inductor
+    cannot launch itself: its generated code calls ``nvfp4_flux.w4a8_swapab`` once, nothing else."""
+    from torch._inductor.utils import run_and_get_code
+
+    from kernels.backends.w4a8_swapab import swapab_supports
+
+    torch._dynamo.reset()
+    layer = FP4Linear.from_linear(nn.Linear(256, 384)).to("cuda", torch.bfloat16).prepare("w4a8")
+    x = torch.randn(77, 256, generator=gen).to("cuda", torch.bfloat16)
+    if not swapab_supports(x, layer.weight, layer.weight_scale):
+        pytest.skip("the swap-AB GEMM needs sm_90 and Triton with Gluon")
+    y, sources = run_and_get_code(torch.compile(layer, backend="inductor", fullgraph=True), x)
+    code = "\n".join(sources).replace("nvfp4_flux_", "")
+    assert code.count("nvfp4_flux.w4a8_swapab") == 1 and code.count("nvfp4_flux") == 1, code
+    assert "_decode_kernel" not in code and "_scaled_mm" not in code
+    torch.testing.assert_close(y, layer(x), rtol=0, atol=0)
 
 
 @requires_cuda

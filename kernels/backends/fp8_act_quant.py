@@ -8,6 +8,12 @@ Rows up to 16384 wide are held in registers and read once; wider rows take two s
 With ``extra[M, R]`` (a LoRA branch's ``x @ down^T``) the row is ``[x[m], extra[m]]``: the scale
 covers both, ``q`` is ``[M, K + R]`` and its last ``R`` columns hold ``extra`` (so one FP8 GEMM
 over ``K + R`` computes the layer and its LoRA branch together).
+
+With ``wgmma_k_order`` (K a multiple of 128, one sweep, no ``extra``) column ``k`` of each 128-wide
+chunk is stored at position ``4c + i + 16j`` for ``k = 32c + 4j + i`` (``c, i < 4``, ``j < 8``): the
+order in which :mod:`.w4a8_swapab` feeds the weight columns to wgmma. With ``launch_dependents`` the
+kernel lets a grid launched after it with programmatic dependent launch start at once
+(``griddepcontrol.launch_dependents``; that grid waits for this one's writes itself).
 """
 
 from __future__ import annotations
@@ -27,7 +33,11 @@ SINGLE_SWEEP_MAX_K = 16384
 def _act_quant_kernel(
     x_ptr, e_ptr, q_ptr, s_ptr, K, R, stride_xm, stride_em, stride_qm,
     BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, ONE_SWEEP: tl.constexpr, HAS_EXTRA: tl.constexpr,
+    WGMMA_K_ORDER: tl.constexpr, LAUNCH_DEPENDENTS: tl.constexpr,
 ):  # fmt: skip
+    if LAUNCH_DEPENDENTS:
+        tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=tl.int32, is_pure=False,
+                                  pack=1)  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_K)
     amax = 0.0
@@ -39,7 +49,10 @@ def _act_quant_kernel(
         x = tl.load(x_ptr + row * stride_xm + offs, mask=offs < K, other=0.0).to(tl.float32)
         scale = tl.maximum(tl.maximum(tl.max(tl.abs(x), axis=0), amax) / FP8_MAX, MIN_SCALE)
         q = tl.minimum(tl.maximum(x * (1.0 / scale), -FP8_MAX), FP8_MAX)
-        tl.store(q_ptr + row * stride_qm + offs, q.to(tl.float8e4nv, fp_downcast_rounding="rtne"), mask=offs < K)
+        dest = offs
+        if WGMMA_K_ORDER:  # k = 32c + 4j + i of each 128 chunk -> 4c + i + 16j
+            dest = (offs & ~127) | (offs & 3) | (((offs >> 5) & 3) << 2) | (((offs >> 2) & 7) << 4)
+        tl.store(q_ptr + row * stride_qm + dest, q.to(tl.float8e4nv, fp_downcast_rounding="rtne"), mask=offs < K)
     else:
         amax_k = tl.zeros((BLOCK_K,), tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -60,10 +73,17 @@ def _act_quant_kernel(
     tl.store(s_ptr + row, scale)
 
 
-def quantize_act_fp8(x2d: torch.Tensor, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_act_fp8(
+    x2d: torch.Tensor,
+    extra: torch.Tensor | None = None,
+    wgmma_k_order: bool = False,
+    launch_dependents: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row dynamic FP8 quantization of a 2-D activation, optionally with ``extra`` columns
-    appended (see module doc): ``(q [M, K (+ R)], scale [M])``."""
+    appended, or with its columns in ``wgmma_k_order`` (see module doc): ``(q [M, K (+ R)], scale [M])``."""
     m, k = x2d.shape
+    if wgmma_k_order and not (extra is None and k % 128 == 0 and k <= SINGLE_SWEEP_MAX_K):
+        raise ValueError(f"wgmma_k_order needs K a multiple of 128 up to {SINGLE_SWEEP_MAX_K} and no extra columns")
     if x2d.stride(-1) != 1:
         x2d = x2d.contiguous()
     r = 0 if extra is None else extra.shape[1]
@@ -79,6 +99,7 @@ def quantize_act_fp8(x2d: torch.Tensor, extra: torch.Tensor | None = None) -> tu
             x2d, extra, q, scale, k, r, x2d.stride(0),
             0 if extra is None else extra.stride(0), q.stride(0),
             BLOCK_K=block_k, BLOCK_R=triton.next_power_of_2(max(r, 1)), ONE_SWEEP=one_sweep,
-            HAS_EXTRA=extra is not None, num_warps=warps,
+            HAS_EXTRA=extra is not None, WGMMA_K_ORDER=wgmma_k_order, LAUNCH_DEPENDENTS=launch_dependents,
+            num_warps=warps,
         )  # fmt: skip
     return q, scale
