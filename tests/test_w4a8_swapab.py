@@ -28,10 +28,10 @@ def _skip_reason() -> str:
 pytestmark = pytest.mark.skipif(bool(_skip_reason()), reason=_skip_reason() or "-")
 
 SHAPES = [  # (M, K, N): M from 2 up, partial token and weight-row tiles, the smallest K (two k-steps)
-    (2, 256, 8),
+    (2, 256, 8),  # N not a multiple of 16: cuBLAS FP8 cannot take it (W4A16 did)
     (7, 512, 200),
-    (77, 768, 136),
-    (300, 256, 520),
+    (77, 768, 144),
+    (300, 256, 528),
     (512, 3072, 1024),
     (1024, 1024, 264),
 ]
@@ -85,11 +85,12 @@ def test_swapab_matches_float64_and_the_decode_path(shape, bias, per_channel, ge
         ref = ref + b.double().cpu()
     # e4m3 activations and weights (4 significant bits each): ~3.4% at K = 3072, noisier at tiny K
     assert _rel(y, ref) < (0.05 if k >= 3072 else 0.12)
-    monkeypatch.setattr(w4a8, "swapab_supports", lambda *a: False)
-    y_decode = fp4_linear(x, packed, scale, gs, b, "w4a8")
-    assert len(swapab_calls) == 1
-    # the same e4m3 operands: what differs is fp32 summation order and the bf16 rounding of y
-    assert _rel(y, y_decode) < 4e-3
+    if n % 16 == 0:  # the decode + cuBLAS FP8 path exists for this shape
+        monkeypatch.setattr(w4a8, "swapab_supports", lambda *a: False)
+        y_decode = fp4_linear(x, packed, scale, gs, b, "w4a8")
+        assert len(swapab_calls) == 1
+        # the same e4m3 operands: what differs is fp32 summation order and the bf16 rounding of y
+        assert _rel(y, y_decode) < 4e-3
 
 
 def test_swapab_is_not_taken_where_it_cannot_run(gen, swapab_calls):

@@ -121,15 +121,15 @@ def w4a8_fp4_linear(
     k = half_k * 2
     x2 = x.reshape(-1, k)
     m = x2.shape[0]
+    if m > W4A8_SMALL_M and lora_down is None and swapab_supports(x2, weight, weight_scale):
+        row_shift = fp8_row_shift(weight_scale) if aux is None else aux
+        return w4a8_swapab_linear(x2, weight, weight_scale, row_shift, alpha, bias).reshape(*x.shape[:-1], n)
     if m <= W4A8_SMALL_M or not fp8_gemm_supports(n, k):
         y = w4a16_fp4_linear(x, weight, weight_scale, alpha, bias)
         if lora_down is None:
             return y
         up = _dense_lora_up(lora_up, fp8_column_scale(weight, weight_scale, alpha, aux), x.dtype)
         return add_low_rank(y, x, lora_down, up)
-    if lora_down is None and swapab_supports(x2, weight, weight_scale):
-        row_shift = fp8_row_shift(weight_scale) if aux is None else aux
-        return w4a8_swapab_linear(x2, weight, weight_scale, row_shift, alpha, bias).reshape(*x.shape[:-1], n)
     w8 = _weight_with_lora_columns(x.device, n, k, lora_down)
     _, col_scale = decode_nvfp4_to_fp8(weight, weight_scale, alpha, out=w8, row_shift=aux, extra_columns=lora_up)
     return fp8_scaled_mm(x2, w8, col_scale, bias, x.dtype, lora_down).reshape(*x.shape[:-1], n)
