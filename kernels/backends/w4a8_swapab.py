@@ -81,7 +81,8 @@ def swapab_supports(x2d: torch.Tensor, weight: torch.Tensor, weight_scale: torch
         and k <= 16384
         and n % 8 == 0
         and _is_sm90(x2d.device)
-        and all(t.data_ptr() % 16 == 0 for t in (weight, weight_scale))
+        # 16-byte aligned starts (allocations are; fake tensors under tracing have no data pointer)
+        and all(t.storage_offset() * t.element_size() % 16 == 0 for t in (weight, weight_scale))
         and weight.is_contiguous()
         and weight_scale.is_contiguous()
     )
