@@ -1,5 +1,5 @@
-"""The fused swap-AB W4A8 GEMM (kernels/backends/w4a8_swapab.py) that W4A8 uses for 2..1024 rows on
-sm_90: it must be taken where it claims to be, agree with the decode + cuBLAS FP8 path it replaces
+"""The fused swap-AB W4A8 GEMM (kernels/backends/w4a8_swapab.py) that W4A8 uses for 256..1024 rows on
+sm_90 (and that is correct from 2 rows up): it must be taken where it claims to be, agree with the decode + cuBLAS FP8 path it replaces
 (the same e4m3 weights and activations, only the fp32 summation order differs), and write every
 output element."""
 
@@ -43,6 +43,7 @@ def swapab_calls(monkeypatch):
     from kernels.backends import w4a8_swapab
 
     calls = []
+    monkeypatch.setattr(w4a8_swapab, "SWAPAB_MIN_M", 2)  # correct from 2 rows; W4A8 takes it from 256
     launch = w4a8_swapab._launch_swapab
 
     def counted(*args):
@@ -94,8 +95,8 @@ def test_swapab_matches_float64_and_the_decode_path(shape, bias, per_channel, ge
 
 
 def test_swapab_is_not_taken_where_it_cannot_run(gen, swapab_calls):
-    """Rows outside 2..1024, K not a multiple of 256, N not a multiple of 8, fp16 activations or a
-    LoRA branch: the decode + cuBLAS path (or the GEMV) answers instead."""
+    """Rows outside 2..1024 (the fixture's range), K not a multiple of 256, N not a multiple of 8,
+    fp16 activations or a LoRA branch: the decode + cuBLAS path (or the GEMV) answers instead."""
     from kernels.fp4_linear import prepare_lora
 
     cases = [(1, 512, 64, torch.bfloat16), (1100, 256, 64, torch.bfloat16), (8, 384, 64, torch.bfloat16),
@@ -109,3 +110,12 @@ def test_swapab_is_not_taken_where_it_cannot_run(gen, swapab_calls):
                         torch.bfloat16)  # fmt: skip
     fp4_linear(torch.randn(8, 256).to(torch.bfloat16).cuda(), packed, scale, gs, None, "w4a8", lora=lora)
     assert swapab_calls == []
+
+
+def test_w4a8_takes_swapab_from_256_to_1024_rows(gen):
+    from kernels.backends import w4a8_swapab
+
+    packed, scale, _ = _layer(64, 256, gen, False)
+    for m, taken in [(255, False), (256, True), (512, True), (1024, True), (1025, False)]:
+        x = torch.empty(m, 256, dtype=torch.bfloat16, device="cuda")
+        assert w4a8_swapab.swapab_supports(x, packed, scale) == taken, m

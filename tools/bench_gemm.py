@@ -5,7 +5,7 @@ Methods (all on the same NVFP4 weights and bf16 activations, same GPU, same run)
   fp8_gemm      cuBLAS FP8 row-wise (torch._scaled_mm) alone: weights pre-decoded, activations pre-quantized
   comfy_nvfp4   ComfyUI's own NVFP4 path without FP4 hardware: comfy-kitchen dequantize_nvfp4 + bf16 matmul
   w4a8          this pack's W4A8 op (decode once per call + per-token FP8 + cuBLAS FP8; W4A16 at M = 1,
-                the fused swap-AB GEMM for 2..1024 rows on sm_90)
+                the fused swap-AB GEMM for 256..1024 rows on sm_90)
   w4a8_fp8path  the W4A8 op forced onto its decode + cuBLAS FP8 path at every M (no GEMV, no swap-AB GEMM)
   fp8_resident  this pack's fp8-resident op (weights decoded at load; per-token FP8 + cuBLAS FP8)
   w4a16         this pack's W4A16 op (Ampere path: GEMV, fused decode GEMM, or decode + cuBLAS, per shape)

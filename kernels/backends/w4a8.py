@@ -11,7 +11,7 @@ Per call, for ``x[M, K]`` and a packed NVFP4 weight ``[N, K/2]``:
 
 Small M (modulation rows) is bound by weight bytes, not arithmetic: there the W4A16 GEMV, which
 reads the 4-bit weights directly, is used; W4A16 also takes shapes cuBLAS FP8 cannot (N or K not
-a multiple of 16). From 2 to 1024 rows on sm_90 (FLUX's 512 text tokens), bf16 activations and no
+a multiple of 16). From 256 to 1024 rows on sm_90 (FLUX's 512 text tokens), bf16 activations and no
 LoRA, :mod:`.w4a8_swapab` decodes the weights inside its FP8 GEMM instead: steps 1 and 3 cost more
 than bf16 there (decode ~15 us + cuBLAS FP8 ~33 us vs cuBLAS bf16 ~44 us for 512 x 9216 x 3072).
 
@@ -112,7 +112,7 @@ def w4a8_fp4_linear(
     input_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The op contract's function: decode once per call, FP8 GEMM (W4A16 for small M, the fused
-    swap-AB GEMM for a few hundred rows on sm_90).
+    swap-AB GEMM for 256..1024 rows on sm_90).
     ``aux`` is the weight's :func:`fp8_row_shift` (prepared at load), or ``None``; the LoRA
     factors are in :func:`fp8_lora_form`."""
     if lora_down is not None and lora_up.dtype != torch.float8_e4m3fn:  # fp8_lora_form's plain fallback

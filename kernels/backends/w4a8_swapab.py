@@ -1,5 +1,5 @@
 """W4A8 GEMM for a few hundred tokens on Hopper (sm_90): NVFP4 weights decoded straight into wgmma's
-register operand, never written to memory (Gluon; used by :mod:`.w4a8` for 2 <= M <= 1024).
+register operand, never written to memory (Gluon; used by :mod:`.w4a8` for 256 <= M <= 1024).
 
 ``y[M, N] = (dec(W) @ q(x)^T)^T * xs[m] * alpha / shift[n] + bias[n]``, bf16 out, where ``q(x)``,
 ``xs`` are the per-token FP8 activations (:func:`.fp8_act_quant.quantize_act_fp8` with
@@ -61,14 +61,15 @@ except ImportError:  # Triton without Gluon (< 3.5): the decode + cuBLAS path se
 else:
     HAS_GLUON = True
 
-# above this many rows decode + cuBLAS FP8 is faster (H100, qkv: M=1024 70.1 vs 71.7 us, M=2048 144.8 vs 115.8)
-SWAPAB_MAX_M = 1024
+# The row range where it beats decode + cuBLAS FP8 (H100, qkv 9216 x 3072; bench/NOTES.md session 14):
+# M = 128 38.0 vs 29.7 us, M = 256 27.7 vs 38.5, M = 1024 70.1 vs 71.7, M = 2048 144.8 vs 115.8.
+SWAPAB_MIN_M, SWAPAB_MAX_M = 256, 1024
 BN, BT, BK, STAGES, CSTAGES = 64, 256, 128, 3, 4  # the best of the configs tried at M = 512 (bench/NOTES.md)
 
 
 def swapab_supports(x2d: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> bool:
     """Whether :func:`w4a8_swapab_linear` takes this call: Gluon, an sm_90 GPU, bf16 activations with
-    2..SWAPAB_MAX_M rows, K a multiple of 256 up to 16384 (the permuted quantization holds a row in
+    SWAPAB_MIN_M..SWAPAB_MAX_M rows, K a multiple of 256 up to 16384 (the permuted quantization holds a row in
     registers), N a multiple of 8 and 16-byte aligned operands (TMA)."""
     m, k = x2d.shape
     n = weight.shape[0]
@@ -76,7 +77,7 @@ def swapab_supports(x2d: torch.Tensor, weight: torch.Tensor, weight_scale: torch
         HAS_GLUON
         and x2d.is_cuda
         and x2d.dtype == torch.bfloat16
-        and 2 <= m <= SWAPAB_MAX_M
+        and SWAPAB_MIN_M <= m <= SWAPAB_MAX_M
         and k % 256 == 0
         and k <= 16384
         and n % 8 == 0
