@@ -1,7 +1,7 @@
-"""The fused swap-AB W4A8 GEMM (kernels/backends/w4a8_swapab.py) that W4A8 uses for 256..1024 rows on
-sm_90 (and that is correct from 2 rows up): it must be taken where it claims to be, agree with the decode + cuBLAS FP8 path it replaces
-(the same e4m3 weights and activations, only the fp32 summation order differs), and write every
-output element."""
+"""The fused swap-AB W4A8 GEMM (kernels/backends/w4a8_swapab.py) that W4A8 uses for 256..1024 rows
+on sm_90 (it is correct from 2 rows up): it must be taken where it claims to be, agree with the
+decode + cuBLAS FP8 path it replaces (the same e4m3 weights and activations, only the fp32
+summation order differs), and write every output element."""
 
 from __future__ import annotations
 
