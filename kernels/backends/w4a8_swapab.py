@@ -65,6 +65,7 @@ else:
 # M = 128 38.0 vs 29.7 us, M = 256 27.7 vs 38.5, M = 1024 70.1 vs 71.7, M = 2048 144.8 vs 115.8.
 SWAPAB_MIN_M, SWAPAB_MAX_M = 256, 1024
 BN, BT, BK, STAGES, CSTAGES = 64, 256, 128, 3, 4  # the best of the configs tried at M = 512 (bench/NOTES.md)
+TOKEN_WARPGROUPS = 1  # warpgroups splitting the BT tokens (each decodes the whole weight tile)
 
 
 def swapab_supports(x2d: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> bool:
@@ -253,7 +254,7 @@ if HAS_GLUON:
         num_warps: gl.constexpr,
     ):  # fmt: skip
         mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BT, 32]
+            version=[3, 0], warps_per_cta=[4, num_warps // 4], instr_shape=[16, BT // (num_warps // 4), 32]
         )
         a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_layout, k_width=4)
         flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
@@ -361,7 +362,7 @@ if HAS_GLUON:
         * ``L_W4`` ``[bn, 4 (t), 2 (jl), 4 (c)]``: the A registers q = c + 4j, j = 2t + jl;
         * ``L_A3``: wgmma's A layout as ``[bn, 32 (q), 4 (i)]``."""
         rows = [[1], [2], [4]]
-        warp = [[16 << i] for i in range(num_warps.bit_length() - 1)]
+        warp = [[16 << i] for i in range(2)] + [[0]] * (num_warps.bit_length() - 3)  # extra warpgroups: copies
 
         def nd(bases: list, dims: int) -> list:  # row-only bases padded with zeros for the other dims
             return [b + [0] * dims for b in bases]
@@ -411,7 +412,7 @@ def _launch_swapab(
     sc_desc = TensorDescriptor.from_tensor(weight_scale.view(torch.uint8), [BN, 2 * (BK // 16)], flat8)
     y_desc = TensorDescriptor.from_tensor(y, [BT, BN], gl.NVMMASharedLayout.get_default_for([BT, BN], gl.bfloat16))
     alpha = alpha.to(torch.float32)
-    num_warps = BN // 16
+    num_warps = 4 * TOKEN_WARPGROUPS
     _swapab_kernel[(triton.cdiv(m, BT) * triton.cdiv(n, BN),)](
         x_desc, c_desc, sc_desc, row_shift, xs, alpha, bias, y_desc, m, n, k,
         HAS_BIAS=bias is not None, ALPHA_PER_ROW=alpha.dim() > 0, BN=BN, BT=BT, BK=BK, STAGES=STAGES,
