@@ -64,8 +64,10 @@ else:
 # The row range where it beats decode + cuBLAS FP8 (H100, qkv 9216 x 3072; bench/NOTES.md session 14):
 # M = 128 38.0 vs 29.7 us, M = 256 27.7 vs 38.5, M = 1024 70.1 vs 71.7, M = 2048 144.8 vs 115.8.
 SWAPAB_MIN_M, SWAPAB_MAX_M = 256, 1024
-BN, BT, BK, STAGES, CSTAGES = 64, 256, 128, 3, 4  # the best of the configs tried at M = 512 (bench/NOTES.md)
-TOKEN_WARPGROUPS = 1  # warpgroups splitting the BT tokens (each decodes the whole weight tile)
+BN, BT, BK = 64, 256, 128
+# ring depths (token tiles, code tiles): the best of those tried at M = 512 (bench/NOTES.md session 14),
+# deeper where all CTAs run at once (proj and mlp2: 96 CTAs; qkv and mlp0 run in rounds)
+STAGES_ONE_ROUND, STAGES_ROUNDS = (4, 8), (3, 4)
 
 
 def swapab_supports(x2d: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> bool:
@@ -93,6 +95,11 @@ def swapab_supports(x2d: torch.Tensor, weight: torch.Tensor, weight_scale: torch
 @functools.cache
 def _is_sm90(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device) == (9, 0)
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 if HAS_GLUON:
@@ -254,7 +261,7 @@ if HAS_GLUON:
         num_warps: gl.constexpr,
     ):  # fmt: skip
         mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[4, num_warps // 4], instr_shape=[16, BT // (num_warps // 4), 32]
+            version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BT, 32]
         )
         a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_layout, k_width=4)
         flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
@@ -362,7 +369,7 @@ if HAS_GLUON:
         * ``L_W4`` ``[bn, 4 (t), 2 (jl), 4 (c)]``: the A registers q = c + 4j, j = 2t + jl;
         * ``L_A3``: wgmma's A layout as ``[bn, 32 (q), 4 (i)]``."""
         rows = [[1], [2], [4]]
-        warp = [[16 << i] for i in range(2)] + [[0]] * (num_warps.bit_length() - 3)  # extra warpgroups: copies
+        warp = [[16 << i] for i in range(num_warps.bit_length() - 1)]
 
         def nd(bases: list, dims: int) -> list:  # row-only bases padded with zeros for the other dims
             return [b + [0] * dims for b in bases]
@@ -412,11 +419,13 @@ def _launch_swapab(
     sc_desc = TensorDescriptor.from_tensor(weight_scale.view(torch.uint8), [BN, 2 * (BK // 16)], flat8)
     y_desc = TensorDescriptor.from_tensor(y, [BT, BN], gl.NVMMASharedLayout.get_default_for([BT, BN], gl.bfloat16))
     alpha = alpha.to(torch.float32)
-    num_warps = 4 * TOKEN_WARPGROUPS
-    _swapab_kernel[(triton.cdiv(m, BT) * triton.cdiv(n, BN),)](
+    num_warps = BN // 16
+    grid = triton.cdiv(m, BT) * triton.cdiv(n, BN)
+    stages, cstages = STAGES_ONE_ROUND if grid <= _sm_count(q.device) else STAGES_ROUNDS
+    _swapab_kernel[(grid,)](
         x_desc, c_desc, sc_desc, row_shift, xs, alpha, bias, y_desc, m, n, k,
-        HAS_BIAS=bias is not None, ALPHA_PER_ROW=alpha.dim() > 0, BN=BN, BT=BT, BK=BK, STAGES=STAGES,
-        CSTAGES=CSTAGES, **_layouts(BN, num_warps), num_warps=num_warps, launch_pdl=True,
+        HAS_BIAS=bias is not None, ALPHA_PER_ROW=alpha.dim() > 0, BN=BN, BT=BT, BK=BK, STAGES=stages,
+        CSTAGES=cstages, **_layouts(BN, num_warps), num_warps=num_warps, launch_pdl=True,
     )  # fmt: skip
     return y
 
