@@ -5,9 +5,10 @@ $OUT/swapab_probe.json.
 
   python bench/probes/bench_w4a8_swapab.py qkv:512:9216:3072,proj:512:3072:3072 TOKEN_WARPGROUPS=1,TOKEN_WARPGROUPS=2
 
-A variant is NAME=VALUE[;NAME=VALUE...] over the module's upper-case constants.
+A variant is NAME=VALUE[;NAME=VALUE...] over the module's upper-case constants (Python literals).
 """
 
+import ast
 import json
 import os
 import pathlib
@@ -27,7 +28,7 @@ from kernels.backends.weight_decode import fp8_row_shift  # noqa: E402
 def _set(assignments: str) -> None:
     for kv in assignments.split(";"):
         key, val = kv.split("=")
-        setattr(w4a8_swapab, key, int(val))
+        setattr(w4a8_swapab, key, ast.literal_eval(val))
 
 
 def run_shape(name: str, m: int, n: int, k: int, variants: list, gen: torch.Generator) -> dict:
