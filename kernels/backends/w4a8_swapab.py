@@ -30,9 +30,11 @@ weight loads and first decodes overlap it; its token loads and epilogue wait for
 (``griddepcontrol.wait``).
 
 Under ``torch.compile`` this runs as the opaque op ``nvfp4_flux::w4a8_swapab`` (Inductor cannot
-launch a Gluon kernel from its generated code). Measured on the H100 (bench/NOTES.md, session 14):
-1.04-1.28x cuBLAS bf16 at M = 512 on FLUX's text-stream shapes, where decode + cuBLAS FP8 ran
-0.76-0.93x.
+launch a Gluon kernel from its generated code). Gluon is Triton's experimental API: the kernel is
+used with Triton 3.6 or newer (the version it was written and tested with). Measured on the H100
+(bench/NOTES.md, session 14) on FLUX's M = 512 text-stream shapes: 0.94-1.23x cuBLAS bf16 in
+``tools/bench_gemm.py`` (``bench/h100_gemm_v12.json``; the 3072 x 3072 projection is the 0.94x),
+1.03-1.27x with a cold L2 per call, where decode + cuBLAS FP8 ran 0.77-0.95x.
 """
 
 from __future__ import annotations
@@ -56,10 +58,10 @@ try:
         warpgroup_mma_wait,
     )
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-except ImportError:  # Triton without Gluon (< 3.5): the decode + cuBLAS path serves every M
+except ImportError:  # a Triton without Gluon: the decode + cuBLAS path serves every M
     HAS_GLUON = False
 else:
-    HAS_GLUON = True
+    HAS_GLUON = tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 6)
 
 # The row range where it beats decode + cuBLAS FP8 (H100, qkv 9216 x 3072; bench/NOTES.md session 14):
 # M = 128 38.0 vs 29.7 us, M = 256 27.7 vs 38.5, M = 1024 70.1 vs 71.7, M = 2048 144.8 vs 115.8.
