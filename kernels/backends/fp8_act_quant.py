@@ -11,9 +11,13 @@ over ``K + R`` computes the layer and its LoRA branch together).
 
 With ``wgmma_k_order`` (K a multiple of 128, one sweep, no ``extra``) column ``k`` of each 128-wide
 chunk is stored at position ``4c + i + 16j`` for ``k = 32c + 4j + i`` (``c, i < 4``, ``j < 8``): the
-order in which :mod:`.w4a8_swapab` feeds the weight columns to wgmma. With ``launch_dependents`` the
-kernel lets a grid launched after it with programmatic dependent launch start at once
-(``griddepcontrol.launch_dependents``; that grid waits for this one's writes itself).
+order in which :mod:`.w4a8_swapab` feeds the weight columns to wgmma. With ``pdl`` (sm_90) the kernel
+is launched with programmatic dependent launch: it starts as the previous kernel's blocks exit and
+waits for that kernel's writes (``griddepcontrol.wait``) before it touches memory, and it lets a grid
+launched after it the same way start at once (``griddepcontrol.launch_dependents``; that grid waits
+for this one's writes itself). The launch then overlaps the previous kernel's end: on the H100, 512 x
+3072 rows before the swap-AB GEMM, 15.7-16.0 -> 15.4-15.8 us for quantization + GEMM, the GEMM alone
+13.5-13.9 (bench/NOTES.md, session 15).
 """
 
 from __future__ import annotations
@@ -33,11 +37,12 @@ SINGLE_SWEEP_MAX_K = 16384
 def _act_quant_kernel(
     x_ptr, e_ptr, q_ptr, s_ptr, K, R, stride_xm, stride_em, stride_qm,
     BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, ONE_SWEEP: tl.constexpr, HAS_EXTRA: tl.constexpr,
-    WGMMA_K_ORDER: tl.constexpr, LAUNCH_DEPENDENTS: tl.constexpr,
+    WGMMA_K_ORDER: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
-    if LAUNCH_DEPENDENTS:
+    if PDL:
         tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=tl.int32, is_pure=False,
                                   pack=1)  # fmt: skip
+        tl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_K)
     amax = 0.0
@@ -77,10 +82,11 @@ def quantize_act_fp8(
     x2d: torch.Tensor,
     extra: torch.Tensor | None = None,
     wgmma_k_order: bool = False,
-    launch_dependents: bool = False,
+    pdl: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row dynamic FP8 quantization of a 2-D activation, optionally with ``extra`` columns
-    appended, or with its columns in ``wgmma_k_order`` (see module doc): ``(q [M, K (+ R)], scale [M])``."""
+    appended, or with its columns in ``wgmma_k_order``, or launched with ``pdl`` (sm_90; see module doc):
+    ``(q [M, K (+ R)], scale [M])``."""
     m, k = x2d.shape
     if wgmma_k_order and not (extra is None and k % 128 == 0 and k <= SINGLE_SWEEP_MAX_K):
         raise ValueError(f"wgmma_k_order needs K a multiple of 128 up to {SINGLE_SWEEP_MAX_K} and no extra columns")
@@ -101,7 +107,7 @@ def quantize_act_fp8(
             x2d, extra, q, scale, k, r, x2d.stride(0),
             0 if extra is None else extra.stride(0), q.stride(0),
             BLOCK_K=block_k, BLOCK_R=triton.next_power_of_2(max(r, 1)), ONE_SWEEP=one_sweep,
-            HAS_EXTRA=extra is not None, WGMMA_K_ORDER=wgmma_k_order, LAUNCH_DEPENDENTS=launch_dependents,
-            num_warps=warps,
+            HAS_EXTRA=extra is not None, WGMMA_K_ORDER=wgmma_k_order, PDL=pdl,
+            num_warps=warps, **({"launch_pdl": True} if pdl else {}),
         )  # fmt: skip
     return q, scale

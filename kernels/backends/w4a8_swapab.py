@@ -440,7 +440,7 @@ def _swapab_eager(
     alpha: torch.Tensor,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    q, xs = quantize_act_fp8(x2d, wgmma_k_order=True, launch_dependents=True)
+    q, xs = quantize_act_fp8(x2d, wgmma_k_order=True, pdl=True)
     return _launch_swapab(q, xs, weight, weight_scale, row_shift, alpha, bias)
 
 
