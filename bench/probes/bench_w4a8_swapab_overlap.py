@@ -23,7 +23,6 @@ version's GEMM (``op_equal`` then also checks both GEMMs give the same bytes). J
 import importlib.util
 import inspect
 import json
-import math
 import os
 import pathlib
 import sys
@@ -37,10 +36,10 @@ import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from bench_gemm import bench_graph_rotated  # noqa: E402
+from bench_w4a8_swapab_split import weight_copies  # noqa: E402
 
-from kernels import fp4_linear, nvfp4_dequantize, nvfp4_quantize  # noqa: E402
+from kernels import fp4_linear  # noqa: E402
 from kernels.backends import fp8_act_quant, w4a8_swapab  # noqa: E402
-from kernels.backends.weight_decode import fp8_row_shift  # noqa: E402
 
 
 @triton.jit
@@ -94,12 +93,8 @@ def _nodecode_modules():
     return _module_from_source("w4a8_swapab_nodecode", nodecode), _module_from_source("w4a8_swapab_noalu", noalu)
 
 
-def run_shape(name: str, m: int, n: int, k: int, gen: torch.Generator, nowait, base) -> dict:
-    copies = []
-    for _ in range(max(2, min(40, math.ceil(160e6 / (n * k * 0.5625))))):
-        packed, scale, gs = nvfp4_quantize(torch.randn(n, k, generator=gen, device="cuda") / k**0.5)
-        wb = nvfp4_dequantize(packed, scale, gs, dtype=torch.bfloat16)
-        copies.append((packed, scale, gs, fp8_row_shift(scale), wb))
+def run_shape(name: str, m: int, n: int, k: int, gen: torch.Generator, nowait, base, diag: tuple) -> dict:
+    copies = weight_copies(n, k, gen)
     x = torch.randn(m, k, generator=gen, device="cuda").to(torch.bfloat16)
     q, xs = quant(x, 4, False)
     dummy = torch.empty(1, device="cuda")
@@ -124,7 +119,7 @@ def run_shape(name: str, m: int, n: int, k: int, gen: torch.Generator, nowait, b
         "quant1pdl+gemm": lambda c: gemm(c, *quant(x, 1, True, True)),
         "quant4pdl+gemm_nowait": lambda c: gemm(c, *quant(x, 4, True, True), mod=nowait),
     }
-    for mod in _DIAG:
+    for mod in diag:
         fns["gemm_" + mod.__name__.rsplit("_", 1)[1]] = lambda c, mod=mod: gemm(c, q, xs, mod=mod)
     if base is not None:  # the GEMM of another version of the module (SWAPAB_BASELINE)
         fns["gemm_base"] = lambda c: gemm(c, q, xs, mod=base)
@@ -138,12 +133,8 @@ def run_shape(name: str, m: int, n: int, k: int, gen: torch.Generator, nowait, b
     return {"name": name, "m": m, "n": n, "k": k, "copies": len(copies), "op_equal": same, "us": us}
 
 
-_DIAG: tuple = ()
-
-
 def main() -> None:
-    global _DIAG
-    _DIAG = _nodecode_modules()
+    diag = _nodecode_modules()
     gen = torch.Generator(device="cuda").manual_seed(0)
     nowait = _nowait_module()
     base_path = os.environ.get("SWAPAB_BASELINE")
@@ -151,7 +142,7 @@ def main() -> None:
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__, "rows": []}
     for spec in sys.argv[1].split(","):
         name, m, n, k = spec.split(":")[0], *[int(v) for v in spec.split(":")[1:]]
-        row = run_shape(name, m, n, k, gen, nowait, base)
+        row = run_shape(name, m, n, k, gen, nowait, base, diag)
         print(name, "op_equal", row["op_equal"], {a: round(b, 2) for a, b in row["us"].items()}, flush=True)
         out["rows"].append(row)
         json.dump(out, open(os.path.join(os.environ.get("OUT", "/tmp"), "swapab_overlap.json"), "w"), indent=1)

@@ -24,12 +24,18 @@ from kernels.backends.fp8_act_quant import quantize_act_fp8  # noqa: E402
 from kernels.backends.weight_decode import fp8_row_shift  # noqa: E402
 
 
-def run_shape(name: str, m: int, n: int, k: int, gen: torch.Generator) -> dict:
+def weight_copies(n: int, k: int, gen: torch.Generator) -> list:
+    """Enough NVFP4 weight copies to exceed L2 (up to 40): ``(packed, scale, alpha, row_shift, bf16)`` each."""
     copies = []
     for _ in range(max(2, min(40, math.ceil(160e6 / (n * k * 0.5625))))):
         packed, scale, gs = nvfp4_quantize(torch.randn(n, k, generator=gen, device="cuda") / k**0.5)
         wb = nvfp4_dequantize(packed, scale, gs, dtype=torch.bfloat16)
         copies.append((packed, scale, gs, fp8_row_shift(scale), wb))
+    return copies
+
+
+def run_shape(name: str, m: int, n: int, k: int, gen: torch.Generator) -> dict:
+    copies = weight_copies(n, k, gen)
     x = torch.randn(m, k, generator=gen, device="cuda").to(torch.bfloat16)
     q, xs = quantize_act_fp8(x, wgmma_k_order=True)
     ms = {
