@@ -9,8 +9,9 @@ copies larger than L2). Rows:
 * ``quant4+gemm``: the quantization (4 warps a row) launched plainly, the GEMM with PDL after it (the
   op of session 14); ``quant{W}pdl+gemm``: the quantization launched with PDL too (waits for the
   previous grid inside);
-* ``gemm_nodecode``, ``gemm_noalu``: the GEMM without its decode ops, and also without its table
-  arithmetic (results are wrong; what is left is loads, barriers and wgmmas);
+* ``gemm_{diag}``: the GEMM with parts removed (results are wrong; see ``_diag_modules``);
+* ``fp8mm``: cuBLAS rowwise FP8 (``torch._scaled_mm``) on the same quantized activations and e4m3 copies
+  of the weights (the dense FP8 GEMM alone, for reference);
 * ``quant4pdl+gemm_nowait``: the GEMM's token loads do not wait for the quantization grid (results
   are wrong; the time bounds what a per-tile flag instead of ``griddepcontrol.wait`` could win).
 
@@ -81,16 +82,48 @@ def quant(x: torch.Tensor, warps: int, launch_dependents: bool, launch_pdl: bool
     return q, s
 
 
-def _nodecode_modules():
-    """Diagnostics (wrong results): ``nodecode`` feeds the raw code words to wgmma (no decode ops),
-    ``noalu`` also skips the table arithmetic: what is left is the loads, barriers and wgmmas."""
+def _diag_modules() -> tuple:
+    """Diagnostics (wrong results), each a copy of the module with parts of the GEMM removed:
+
+    * ``nodecode`` feeds the raw code words to wgmma (no decode ops); ``noalu`` also skips the table
+      arithmetic: what is left is the loads, barriers and wgmmas;
+    * ``noxload`` / ``nocload`` / ``noload``: the token tiles / code and scale tiles / both are loaded
+      (TMA) for the first ring round only; later k-steps reuse what is in shared memory (the L2 -> SM
+      traffic of the main loop removed); ``noloadnodecode``: both loads and the decode removed;
+    * ``k2``: two k-steps only (launch, prologue, epilogue)."""
     src = inspect.getsource(w4a8_swapab)
     words = "a_x, a_y = _decode_words(w3, t_lo, t_hi)"
     tables = "lo, hi = _tables(sb.to(gl.int32), gl.broadcast(gl.expand_dims(shift2, 1), sb)[0])"
-    assert src.count(words) == 1 and src.count(tables) == 1
+    xload = (
+        "            mbarrier.expect(x_ready.index(s), x_desc.block_type.nbytes)\n"
+        "            tma.async_copy_global_to_shared(x_desc, [off_t, ki * BK], x_ready.index(s), x_bufs.index(s))\n"
+    )
+    cl_start = "            if ki % 2 == 0:\n                mbarrier.expect(c_ready.index(s)"
+    cl_end = "tma.async_copy_global_to_shared(c_desc, [off_n, ki * (BK // 2)], c_ready.index(s), c_bufs.index(s))\n"
+    numk = "num_k = K // BK"
+    for old in (words, tables, xload, cl_start, cl_end, numk):
+        assert src.count(old) == 1, old
+    a, b = src.index(cl_start), src.index(cl_end) + len(cl_end)
+
+    def first_round_only(body: str, ring: str, bar: str) -> str:
+        indented = "".join("    " + line + "\n" for line in body.splitlines())
+        other = f"                mbarrier.arrive({bar}.index(s), count=1)\n"
+        return f"            if ki < {ring}:\n{indented}            else:\n{other}"
+
+    noxload = src.replace(xload, first_round_only(xload, "STAGES", "x_ready"))
+    nocload = src[:a] + first_round_only(src[a:b], "CSTAGES", "c_ready") + src[b:]
+    noload = nocload.replace(xload, first_round_only(xload, "STAGES", "x_ready"))
     nodecode = src.replace(words, "a_x, a_y = w3, t_lo")
-    noalu = nodecode.replace(tables, "lo, hi = sb.to(gl.int32), sb.to(gl.int32)")
-    return _module_from_source("w4a8_swapab_nodecode", nodecode), _module_from_source("w4a8_swapab_noalu", noalu)
+    variants = {
+        "nodecode": nodecode,
+        "noalu": nodecode.replace(tables, "lo, hi = sb.to(gl.int32), sb.to(gl.int32)"),
+        "noxload": noxload,
+        "nocload": nocload,
+        "noload": noload,
+        "noloadnodecode": noload.replace(words, "a_x, a_y = w3, t_lo"),
+        "k2": src.replace(numk, "num_k = 2"),
+    }
+    return tuple(_module_from_source(f"w4a8_swapab_{name}", v) for name, v in variants.items())
 
 
 def run_shape(name: str, m: int, n: int, k: int, gen: torch.Generator, nowait, base, diag: tuple) -> dict:
@@ -129,12 +162,21 @@ def run_shape(name: str, m: int, n: int, k: int, gen: torch.Generator, nowait, b
     same = torch.equal(fns["op"](copies[0]), ref) and torch.equal(fns["quant4pdl+gemm"](copies[0]), ref)
     if base is not None:
         same = same and torch.equal(ref_base, gemm(copies[0], q, xs))
-    us = {a: 1000 * bench_graph_rotated([lambda c=c, f=f: f(c) for c in copies]) for a, f in fns.items()}
+    ones = torch.ones((1, n), dtype=torch.float32, device="cuda")
+    fp8mm = {id(c): c[4].to(torch.float8_e4m3fn) for c in copies}
+    fns["fp8mm"] = lambda c: torch._scaled_mm(q, fp8mm[id(c)].t(), xs[:, None], ones, out_dtype=torch.bfloat16)
+    us = {}
+    for a, f in fns.items():
+        try:
+            us[a] = 1000 * bench_graph_rotated([lambda c=c, f=f: f(c) for c in copies])
+        except Exception as e:  # a diagnostic that does not compile or launch is recorded, not fatal
+            print(a, "failed:", str(e).splitlines()[0][:200], flush=True)
+            us[a] = None
     return {"name": name, "m": m, "n": n, "k": k, "copies": len(copies), "op_equal": same, "us": us}
 
 
 def main() -> None:
-    diag = _nodecode_modules()
+    diag = _diag_modules()
     gen = torch.Generator(device="cuda").manual_seed(0)
     nowait = _nowait_module()
     base_path = os.environ.get("SWAPAB_BASELINE")
@@ -143,7 +185,8 @@ def main() -> None:
     for spec in sys.argv[1].split(","):
         name, m, n, k = spec.split(":")[0], *[int(v) for v in spec.split(":")[1:]]
         row = run_shape(name, m, n, k, gen, nowait, base, diag)
-        print(name, "op_equal", row["op_equal"], {a: round(b, 2) for a, b in row["us"].items()}, flush=True)
+        us = {a: b and round(b, 2) for a, b in row["us"].items()}
+        print(name, "op_equal", row["op_equal"], us, flush=True)
         out["rows"].append(row)
         json.dump(out, open(os.path.join(os.environ.get("OUT", "/tmp"), "swapab_overlap.json"), "w"), indent=1)
 

@@ -14,10 +14,13 @@ One CTA per (BN = 64 weight rows, BT = 256 tokens) tile, warp-specialized:
   64 rows from shared memory, builds one 8-byte table per block scale (the 8 magnitudes x scale x
   row shift rounded to e4m3 once), decodes 4 codes per register with one ``prmt`` from the table plus
   their sign bits, issues the async wgmma, and keeps one in flight; epilogue: scales, bias, the
-  transposed tile through shared memory, one TMA store;
+  transposed tile through shared memory, one TMA store. The per-row factors (alpha / shift, bias)
+  are loaded before the main loop and the token scales come from shared memory, so no global load
+  is left between the last wgmma and the store;
 * two 1-warp partitions issue the TMA loads: token tiles into a ``STAGES`` ring, code tiles
   (``[BN, BK/2]`` bytes, ModelOpt order: element 2i in the low nibble of byte i) and scale tiles
-  (``[BN, 16]`` bytes: two k-steps, as a TMA box must start 16-byte aligned) into a ``CSTAGES`` ring.
+  (``[BN, 16]`` bytes: two k-steps, as a TMA box must start 16-byte aligned) into a ``CSTAGES`` ring;
+  the code loader then copies the tile's token scales into shared memory.
 
 **K order.** In wgmma's A layout (e4m3, k_width 4) lane ``c = lane % 4`` of a row holds positions
 ``p = 4c + i + 16j`` (i < 4, j < 8) of a 128-wide k-step. The kernel feeds position ``p`` the weight
@@ -123,8 +126,9 @@ if HAS_GLUON:
 
     @gluon.jit
     def _code_load_partition(
-        c_desc, sc_desc, c_bufs, sc_bufs, c_ready, c_empty, off_n, num_k, BK: gl.constexpr, CSTAGES: gl.constexpr
-    ):
+        c_desc, sc_desc, c_bufs, sc_bufs, c_ready, c_empty, xs_ptr, xs_smem, xs_ready, M, off_n, off_t, num_k,
+        BK: gl.constexpr, BT: gl.constexpr, CSTAGES: gl.constexpr,
+    ):  # fmt: skip
         # codes [BN, BK/2] bytes of k-step ki; on even steps also the scales of steps ki and ki + 1
         for ki in range(num_k):
             s = ki % CSTAGES
@@ -135,6 +139,13 @@ if HAS_GLUON:
             else:
                 mbarrier.expect(c_ready.index(s), c_desc.block_type.nbytes)
             tma.async_copy_global_to_shared(c_desc, [off_n, ki * (BK // 2)], c_ready.index(s), c_bufs.index(s))
+        # then the tile's token scales (written by the quantization grid) into shared memory for the
+        # epilogue, so that no global load is left between the last wgmma and the store
+        _grid_dependency_wait()
+        t_idx = off_t + gl.arange(0, BT, layout=gl.BlockedLayout([BT // 32], [32], [1], [0]))
+        xs_smem.store(gl.load(xs_ptr + t_idx, mask=t_idx < M, other=0.0))
+        gl.thread_barrier()
+        mbarrier.arrive(xs_ready, count=1)
 
     @gluon.jit
     def _f16x2(x):
@@ -256,8 +267,8 @@ if HAS_GLUON:
 
     @gluon.jit
     def _mma_partition(
-        x_bufs, c_bufs, sc_bufs, x_ready, x_empty, c_ready, c_empty, shift_ptr, xs_ptr, alpha_ptr, bias_ptr, y_desc,
-        y_smem, M, N, off_n, off_t, num_k, HAS_BIAS: gl.constexpr, ALPHA_PER_ROW: gl.constexpr, BN: gl.constexpr,
+        x_bufs, c_bufs, sc_bufs, x_ready, x_empty, c_ready, c_empty, xs_smem, xs_ready, shift_ptr, alpha_ptr, bias_ptr,
+        y_desc, y_smem, N, off_n, off_t, num_k, HAS_BIAS: gl.constexpr, ALPHA_PER_ROW: gl.constexpr, BN: gl.constexpr,
         BT: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr, CSTAGES: gl.constexpr, L_W: gl.constexpr,
         L_S: gl.constexpr, L_W3: gl.constexpr, L_T4: gl.constexpr, L_W4: gl.constexpr, L_A3: gl.constexpr,
         num_warps: gl.constexpr,
@@ -269,6 +280,16 @@ if HAS_GLUON:
         flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
         rows = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, L_S))
         shift2 = _f16x2(gl.load(shift_ptr + rows, mask=rows < N, other=1.0))
+        # the epilogue's per-row factors, loaded before the main loop
+        n_idx = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, mma_layout))
+        n_ok = n_idx < N
+        if ALPHA_PER_ROW:
+            alpha = gl.load(alpha_ptr + n_idx, mask=n_ok, other=0.0)
+        else:
+            alpha = gl.load(alpha_ptr)
+        col = alpha / gl.load(shift_ptr + n_idx, mask=n_ok, other=1.0)
+        if HAS_BIAS:
+            bias = gl.load(bias_ptr + n_idx, mask=n_ok, other=0.0).to(gl.float32)
         acc = gl.zeros((BN, BT), dtype=gl.float32, layout=mma_layout)
         # without this LLVM keeps a zero-trip path whose zero accumulator joins the in-flight wgmma's
         # at the loop exit, and ptxas serializes every wgmma (C7515)
@@ -298,18 +319,10 @@ if HAS_GLUON:
             acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
             mbarrier.arrive(x_empty.index(kk % STAGES), count=1)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        _grid_dependency_wait()  # xs comes from the quantization grid
-        n_idx = off_n + gl.arange(0, BN, layout=gl.SliceLayout(1, mma_layout))
-        t_idx = off_t + gl.arange(0, BT, layout=gl.SliceLayout(0, mma_layout))
-        n_ok = n_idx < N
-        if ALPHA_PER_ROW:
-            alpha = gl.load(alpha_ptr + n_idx, mask=n_ok, other=0.0)
-        else:
-            alpha = gl.load(alpha_ptr)
-        col = alpha / gl.load(shift_ptr + n_idx, mask=n_ok, other=1.0)
-        acc = acc * col[:, None] * gl.load(xs_ptr + t_idx, mask=t_idx < M, other=0.0)[None, :]
+        mbarrier.wait(xs_ready, 0)  # the token scales, in shared memory (the code loader put them there)
+        acc = acc * col[:, None] * xs_smem.load(gl.SliceLayout(0, mma_layout))[None, :]
         if HAS_BIAS:
-            acc = acc + gl.load(bias_ptr + n_idx, mask=n_ok, other=0.0).to(gl.float32)[:, None]
+            acc = acc + bias[:, None]
         # the y^T tile -> shared memory as [BT, BN] -> one TMA store (clipped at M and N)
         y_smem.store(gl.permute(acc.to(gl.bfloat16), (1, 0)))
         fence_async_shared()
@@ -336,6 +349,9 @@ if HAS_GLUON:
         c_ready = gl.allocate_shared_memory(gl.int64, [CSTAGES, 1], mbarrier.MBarrierLayout())
         c_empty = gl.allocate_shared_memory(gl.int64, [CSTAGES, 1], mbarrier.MBarrierLayout())
         y_smem = gl.allocate_shared_memory(gl.bfloat16, [BT, BN], y_desc.layout)
+        xs_smem = gl.allocate_shared_memory(gl.float32, [BT], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+        xs_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+        mbarrier.init(xs_ready, count=1)
         for i in gl.static_range(STAGES):
             mbarrier.init(x_ready.index(i), count=1)
             mbarrier.init(x_empty.index(i), count=1)
@@ -344,13 +360,13 @@ if HAS_GLUON:
             mbarrier.init(c_empty.index(i), count=1)
         gl.warp_specialize(
             [
-                (_mma_partition, (x_bufs, c_bufs, sc_bufs, x_ready, x_empty, c_ready, c_empty, shift_ptr, xs_ptr,
-                                  alpha_ptr, bias_ptr, y_desc, y_smem, M, N, off_n, off_t, num_k, HAS_BIAS,
+                (_mma_partition, (x_bufs, c_bufs, sc_bufs, x_ready, x_empty, c_ready, c_empty, xs_smem, xs_ready,
+                                  shift_ptr, alpha_ptr, bias_ptr, y_desc, y_smem, N, off_n, off_t, num_k, HAS_BIAS,
                                   ALPHA_PER_ROW, BN, BT, BK, STAGES, CSTAGES, L_W, L_S, L_W3, L_T4, L_W4, L_A3,
                                   num_warps)),
                 (_x_load_partition, (x_desc, x_bufs, x_ready, x_empty, off_t, num_k, BK, STAGES)),
-                (_code_load_partition, (c_desc, sc_desc, c_bufs, sc_bufs, c_ready, c_empty, off_n, num_k, BK,
-                                        CSTAGES)),
+                (_code_load_partition, (c_desc, sc_desc, c_bufs, sc_bufs, c_ready, c_empty, xs_ptr, xs_smem, xs_ready,
+                                        M, off_n, off_t, num_k, BK, BT, CSTAGES)),
             ],
             [1, 1],
             [24, 24],
