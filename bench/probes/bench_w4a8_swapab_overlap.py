@@ -62,10 +62,11 @@ def _module_from_source(name: str, src: str):
 
 
 def _nowait_module():
-    """w4a8_swapab with the token loader's ``griddepcontrol.wait`` removed."""
+    """w4a8_swapab with the token loader's ``griddepcontrol.wait`` removed (None where it has no such loader)."""
     src = inspect.getsource(w4a8_swapab)
     old = "        _grid_dependency_wait()\n        for ki in range(num_k):\n            s = ki % STAGES"
-    assert src.count(old) == 1
+    if src.count(old) != 1:  # not the loader structure this edits
+        return None
     new = "        for ki in range(num_k):\n            s = ki % STAGES"
     return _module_from_source("w4a8_swapab_nowait", src.replace(old, new))
 
@@ -101,8 +102,9 @@ def _diag_modules() -> tuple:
     cl_start = "            if ki % 2 == 0:\n                mbarrier.expect(c_ready.index(s)"
     cl_end = "tma.async_copy_global_to_shared(c_desc, [off_n, ki * (BK // 2)], c_ready.index(s), c_bufs.index(s))\n"
     numk = "num_k = K // BK"
-    for old in (words, tables, xload, cl_start, cl_end, numk):
-        assert src.count(old) == 1, old
+    if any(src.count(old) != 1 for old in (words, tables, xload, cl_start, cl_end, numk)):
+        print("diagnostics skipped: the module does not have the structure they edit", flush=True)
+        return ()
     a, b = src.index(cl_start), src.index(cl_end) + len(cl_end)
 
     def first_round_only(body: str, ring: str, bar: str) -> str:
@@ -150,8 +152,9 @@ def run_shape(name: str, m: int, n: int, k: int, gen: torch.Generator, nowait, b
         "quant4+gemm": lambda c: gemm(c, *quant(x, 4, True)),
         "quant4pdl+gemm": lambda c: gemm(c, *quant(x, 4, True, True)),
         "quant1pdl+gemm": lambda c: gemm(c, *quant(x, 1, True, True)),
-        "quant4pdl+gemm_nowait": lambda c: gemm(c, *quant(x, 4, True, True), mod=nowait),
     }
+    if nowait is not None:
+        fns["quant4pdl+gemm_nowait"] = lambda c: gemm(c, *quant(x, 4, True, True), mod=nowait)
     for mod in diag:
         fns["gemm_" + mod.__name__.rsplit("_", 1)[1]] = lambda c, mod=mod: gemm(c, q, xs, mod=mod)
     if base is not None:  # the GEMM of another version of the module (SWAPAB_BASELINE)
