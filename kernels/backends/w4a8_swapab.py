@@ -35,9 +35,9 @@ weight loads and first decodes overlap it; its token loads and epilogue wait for
 Under ``torch.compile`` this runs as the opaque op ``nvfp4_flux::w4a8_swapab`` (Inductor cannot
 launch a Gluon kernel from its generated code). Gluon is Triton's experimental API: the kernel is
 used with Triton 3.6 or newer (the version it was written and tested with). Measured on the H100
-(bench/NOTES.md, session 14) on FLUX's M = 512 text-stream shapes: 0.94-1.23x cuBLAS bf16 in
-``tools/bench_gemm.py`` (``bench/h100_gemm_v12.json``; the 3072 x 3072 projection is the 0.94x),
-1.03-1.27x with a cold L2 per call, where decode + cuBLAS FP8 ran 0.77-0.95x.
+(bench/NOTES.md, session 16) on FLUX's M = 512 text-stream shapes: 1.01-1.28x cuBLAS bf16 in
+``tools/bench_gemm.py`` (``bench/h100_gemm_v15.json``; the 3072 x 3072 projection is the 1.01x), where
+decode + cuBLAS FP8 ran 0.76-0.95x.
 """
 
 from __future__ import annotations
