@@ -29,8 +29,9 @@ column ``k = 32c + 4j + i`` of that k-step, so each lane's 32 codes of a row are
 (the GEMM sums over k, so any order common to both operands gives the same products).
 
 The activation quantization launches the GEMM early (programmatic dependent launch): the GEMM's
-weight loads and first decodes overlap it; its token loads and epilogue wait for it
-(``griddepcontrol.wait``).
+weight loads and first decodes overlap it; its token loads and the staging of the token scales wait
+for it (``griddepcontrol.wait``), and the epilogue waits for that staging (so it only runs once the
+quantization grid, and every grid before it, has finished).
 
 Under ``torch.compile`` this runs as the opaque op ``nvfp4_flux::w4a8_swapab`` (Inductor cannot
 launch a Gluon kernel from its generated code). Gluon is Triton's experimental API: the kernel is
